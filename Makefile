@@ -1,0 +1,45 @@
+# The two commands of the quick start: `make demo` and `make test`.
+# Both set up .venv on a fresh machine: torch==2.13.0 first (the CPU build on this machine's disk;
+# a bare `torch` would pull a multi-GB CUDA build), then the project with its extras.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.twinstream-installed
+# Debian packages the tests use: Redis 7.0 (to check that a Redis without vector sets is refused).
+SYSTEM_PACKAGES := redis-server
+SYSTEM_STAMP := $(VENV)/.system-packages
+
+.PHONY: demo test lint install system-packages clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[train,local,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+$(SYSTEM_STAMP): Makefile | $(STAMP)
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@touch $(SYSTEM_STAMP)
+
+system-packages: $(SYSTEM_STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) $(SYSTEM_STAMP) lint
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/twinstream demo --out demo-out
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

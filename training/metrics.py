@@ -1,0 +1,82 @@
+"""Few-shot and verification metrics on embeddings (numpy only, so ONNX models use them too)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def n_way_k_shot(embeddings: np.ndarray, labels: np.ndarray, ways: int, shots: int = 1,
+                 episodes: int = 400, seed: int = 0) -> dict:
+    """Accuracy of N-way K-shot episodes: each episode draws ``ways`` classes, ``shots`` support
+    images and one query per class, and predicts the class of the most similar support mean.
+
+    Returns accuracy with a 95% normal-approximation interval over episodes.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.array([c for c in np.unique(labels) if np.sum(labels == c) >= shots + 1])
+    if len(classes) < ways:
+        raise ValueError(f"{ways}-way episodes need {ways} classes with at least {shots + 1} "
+                         f"images each; only {len(classes)} have that many")
+    by_class = {c: np.flatnonzero(labels == c) for c in classes}
+    correct = np.zeros(episodes, dtype=np.float64)
+    for e in range(episodes):
+        chosen = rng.choice(classes, size=ways, replace=False)
+        supports, queries = [], []
+        for c in chosen:
+            idx = rng.choice(by_class[c], size=shots + 1, replace=False)
+            supports.append(embeddings[idx[:shots]].mean(axis=0))
+            queries.append(embeddings[idx[shots]])
+        support = np.stack(supports)
+        support /= np.maximum(np.linalg.norm(support, axis=1, keepdims=True), 1e-12)
+        scores = np.stack(queries) @ support.T  # [ways (queries), ways (classes)]
+        correct[e] = np.mean(np.argmax(scores, axis=1) == np.arange(ways))
+    acc = float(correct.mean())
+    half = 1.96 * float(correct.std(ddof=1)) / math.sqrt(episodes) if episodes > 1 else 0.0
+    return {"ways": ways, "shots": shots, "episodes": episodes, "accuracy": acc,
+            "ci95": [max(0.0, acc - half), min(1.0, acc + half)]}
+
+
+def pair_scores(embeddings: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities and same(1)/different(0) flags of (up to ``max_pairs``) image pairs."""
+    n = len(labels)
+    i, j = np.triu_indices(n, k=1)
+    if len(i) > max_pairs:
+        pick = np.random.default_rng(seed).choice(len(i), size=max_pairs, replace=False)
+        i, j = i[pick], j[pick]
+    scores = np.einsum("nd,nd->n", embeddings[i], embeddings[j])
+    return scores, (labels[i] == labels[j]).astype(np.int8)
+
+
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-accept rate, true-accept rate and thresholds, for "same" when score >= threshold."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], same[order].astype(np.float64)
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[distinct]
+    fp = np.cumsum(1 - y)[distinct]
+    pos, neg = max(y.sum(), 1), max((1 - y).sum(), 1)
+    far = np.r_[0.0, fp / neg]
+    tar = np.r_[0.0, tp / pos]
+    thresholds = np.r_[np.inf, s[distinct]]
+    return far, tar, thresholds
+
+
+def verification(scores: np.ndarray, same: np.ndarray, target_far: float = 0.01) -> dict:
+    """ROC AUC, equal-error rate, and thresholds at the EER and at a target false-accept rate."""
+    far, tar, thresholds = roc_curve(scores, same)
+    auc = float(np.trapezoid(tar, far))
+    frr = 1 - tar
+    k = int(np.argmin(np.abs(far - frr)))
+    eer = float((far[k] + frr[k]) / 2)
+    ok = np.flatnonzero(far <= target_far)
+    k_far = int(ok[-1]) if len(ok) else 0
+    finite = np.isfinite(thresholds)
+    top = float(thresholds[finite].max()) if finite.any() else 1.0
+    clamp = lambda t: float(t) if math.isfinite(t) else top  # noqa: E731
+    return {"roc_auc": auc, "eer": eer, "threshold_eer": clamp(thresholds[k]),
+            "target_far": target_far, f"threshold_far@{target_far:g}": clamp(thresholds[k_far]),
+            f"tar@far{target_far:g}": float(tar[k_far]), "pairs": len(scores),
+            "positive_pairs": int(same.sum())}

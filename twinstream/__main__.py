@@ -1,0 +1,3 @@
+from twinstream.cli import run
+
+run()

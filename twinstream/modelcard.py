@@ -1,0 +1,90 @@
+"""The model card: what a worker or a query needs to know about an encoder.
+
+It travels inside the ONNX file.
+
+Each field is one ``metadata_props`` entry named ``twinstream.<field>`` holding JSON, so tools such
+as Netron show it readably and a reader never needs anything but the ``.onnx`` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from twinstream.errors import ModelError
+from twinstream.preprocess import Preprocessing
+
+PREFIX = "twinstream."
+CARD_SCHEMA = 1
+METRICS = ("cosine",)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    embedding_dim: int
+    preprocessing: Preprocessing
+    metric: str = "cosine"
+    # Recommended same/different cut on cosine similarity (at the validation equal-error rate).
+    threshold: float | None = None
+    # Named alternatives, e.g. {"eer": 0.71, "far@0.01": 0.83}.
+    thresholds: dict[str, float] = field(default_factory=dict)
+    loss: str = ""
+    architecture: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    # Content hash of the model (graph + weights + the rest of the card): the model version.
+    version: str = ""
+    schema: int = CARD_SCHEMA
+
+    def to_metadata(self) -> dict[str, str]:
+        """The card as ONNX ``metadata_props`` (string key -> JSON string)."""
+        props = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Preprocessing):
+                value = value.to_dict()
+            props[PREFIX + f.name] = json.dumps(value, sort_keys=True)
+        return props
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelCard:
+        if PREFIX + "embedding_dim" not in props:
+            raise ModelError(
+                f"{source} has no twinstream model card in its metadata; export it with "
+                "'twinstream export', or pass --allow-no-card with --size/--mean/--std")
+        try:
+            values = {f.name: json.loads(props[PREFIX + f.name])
+                      for f in fields(cls) if PREFIX + f.name in props}
+            values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
+            card = cls(**values)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{source} has a damaged model card: {exc}") from exc
+        card.check()
+        return card
+
+    def check(self) -> None:
+        if self.embedding_dim < 1:
+            raise ModelError(
+                f"model card: embedding_dim must be positive, got {self.embedding_dim}")
+        if self.metric not in METRICS:
+            raise ModelError(f"model card: unsupported metric {self.metric!r} (known: {METRICS})")
+
+    def with_version(self, version: str) -> ModelCard:
+        return replace(self, version=version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in
+                ((k[len(PREFIX):], v) for k, v in self.to_metadata().items())}
+
+
+def content_version(*parts: bytes) -> str:
+    """A short, stable content hash used as the model version everywhere downstream."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,222 @@
+"""Typed settings, read once at the edge from ``TWINSTREAM_*`` variables and CLI flags.
+
+Each section is a frozen dataclass; a field ``url`` of section ``redis`` is the environment variable
+``TWINSTREAM_REDIS_URL`` and, where the field names a ``flag``, a command-line option. Flags beat
+variables, variables beat defaults. Nothing below the CLI reads the environment: the resulting
+``Settings`` (or one of its sections) is passed down explicitly.
+
+The README's configuration table is generated from these declarations (``settings_table``), so
+the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twinstream.errors import ConfigError
+
+ENV_PREFIX = "TWINSTREAM_"
+QUANTIZATIONS = ("q8", "noquant", "bin")
+
+
+def setting(default: Any, help: str, flag: str | None = None) -> Any:
+    """Declare one setting: its default, a one-line meaning, and optionally its CLI flag."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = setting(
+        "", "Kafka bootstrap servers (host:port,...). Empty: commands that need a broker "
+        "start the embedded one (demo) or fail with a hint.", flag="--bootstrap")
+    topic: str = setting("images", "Topic that carries images (key = image id).", flag="--topic")
+    group: str = setting("twinstream-workers", "Consumer group of the workers.", flag="--group")
+    partitions: int = setting(
+        8, "Partitions created for a new images topic; the upper bound on useful workers.",
+        flag="--partitions")
+    session_timeout_ms: int = setting(
+        10000, "Consumer session timeout; a dead worker's partitions move after this long.")
+
+    @property
+    def dlq_topic(self) -> str:
+        """Dead letters live beside their topic, so every topic has exactly one DLQ."""
+        return f"{self.topic}.dlq"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = setting(
+        "", "Redis 8 URL (redis://[:password@]host:port/db). Empty: as for the broker.",
+        flag="--redis-url")
+    index: str = setting("images", "Name of the vector index inside Redis.", flag="--index")
+    quant: str = setting(
+        "q8", "Vector quantization of a new index version: q8 (4x smaller), noquant (exact "
+        "float32) or bin (1 bit per dimension).", flag="--quant")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: str = setting("", "ONNX encoder file (with its model card) used to embed images.",
+                        flag="--model")
+    threads: int = setting(0, "onnxruntime intra-op threads; 0 lets onnxruntime choose.",
+                           flag="--threads")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    batch: int = setting(32, "Images embedded per onnxruntime call.", flag="--batch")
+    max_wait_ms: int = setting(
+        50, "Longest a partial batch waits for more records before it is embedded.",
+        flag="--max-wait-ms")
+    processes: int = setting(1, "Worker processes (consumers in the group).", flag="--processes")
+    max_image_pixels: int = setting(
+        40_000_000, "Largest image (width x height) a worker decodes; larger ones are dead "
+        "letters, which guards against decompression bombs.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """Where one setting lives and how a user sets it (one row of the README table)."""
+
+    section: str
+    name: str
+    type: type
+    default: Any
+    help: str
+    flag: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.name.upper()}"
+
+
+def setting_specs() -> list[SettingSpec]:
+    """Every setting of every section, in declaration order."""
+    specs = []
+    for section_field in dataclasses.fields(Settings):
+        section_cls = section_field.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(section_cls)
+        for f in dataclasses.fields(section_cls):
+            specs.append(SettingSpec(section_field.name, f.name, hints[f.name], f.default,
+                                     f.metadata.get("help", ""), f.metadata.get("flag")))
+    return specs
+
+
+def _coerce(spec: SettingSpec, raw: Any, source: str) -> Any:
+    if not isinstance(raw, str):
+        return raw  # a flag argparse already typed
+    text = raw.strip()
+    try:
+        if spec.type is bool:
+            lowered = text.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(text)
+        if spec.type is int:
+            return int(text.replace("_", ""))
+        if spec.type is float:
+            return float(text)
+        if spec.type is Path:
+            return Path(text)
+        return text
+    except ValueError:
+        raise ConfigError(
+            f"{source}={raw!r} is not a valid {spec.type.__name__} ({spec.help})") from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build ``Settings`` from defaults, then ``TWINSTREAM_*`` variables, then overrides.
+
+    ``overrides`` maps ``"section.name"`` to a value (typically CLI flags that were given).
+    An unknown ``TWINSTREAM_*`` variable is an error: a typo must not silently fall back to a
+    default.
+    """
+    environ = environ or {}
+    overrides = overrides or {}
+    specs = setting_specs()
+    by_env = {s.env: s for s in specs}
+    by_key = {s.key: s for s in specs}
+
+    unknown = [name for name in environ if name.startswith(ENV_PREFIX) and name not in by_env]
+    if unknown:
+        name = sorted(unknown)[0]
+        close = difflib.get_close_matches(name, list(by_env), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(sorted(by_env))}"
+        raise ConfigError(f"unknown setting {name}{hint}")
+
+    values: dict[str, dict[str, Any]] = {s.section: {} for s in specs}
+    for spec in specs:
+        if spec.env in environ:
+            values[spec.section][spec.name] = _coerce(spec, environ[spec.env], spec.env)
+    for key, value in overrides.items():
+        if key not in by_key:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            spec = by_key[key]
+            values[spec.section][spec.name] = _coerce(spec, value, spec.flag or key)
+
+    sections = {}
+    for section_field in dataclasses.fields(Settings):
+        section_cls = section_field.default_factory  # type: ignore[misc]
+        sections[section_field.name] = section_cls(**values[section_field.name])
+    settings = Settings(**sections)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    positive = {
+        "TWINSTREAM_KAFKA_PARTITIONS": settings.kafka.partitions,
+        "TWINSTREAM_WORKER_BATCH": settings.worker.batch,
+        "TWINSTREAM_WORKER_PROCESSES": settings.worker.processes,
+        "TWINSTREAM_WORKER_MAX_IMAGE_PIXELS": settings.worker.max_image_pixels,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if settings.redis.quant not in QUANTIZATIONS:
+        raise ConfigError(f"TWINSTREAM_REDIS_QUANT must be one of {', '.join(QUANTIZATIONS)}, "
+                          f"got {settings.redis.quant!r}")
+    if settings.worker.max_wait_ms < 0:
+        raise ConfigError("TWINSTREAM_WORKER_MAX_WAIT_MS must be >= 0")
+    if settings.model.threads < 0:
+        raise ConfigError("TWINSTREAM_MODEL_THREADS must be >= 0")
+
+
+def flag_specs(keys: Iterable[str]) -> list[SettingSpec]:
+    """The specs of the given ``section.name`` keys, for a command that exposes them as flags."""
+    by_key = {s.key: s for s in setting_specs()}
+    missing = [k for k in keys if k not in by_key or not by_key[k].flag]
+    assert not missing, f"settings without a flag: {missing}"  # programming error, not user error
+    return [by_key[k] for k in keys]
+
+
+def settings_table() -> str:
+    """The configuration table of the README, as Markdown."""
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for spec in setting_specs():
+        default = "(empty)" if spec.default == "" else f"`{spec.default}`"
+        flag = f"`{spec.flag}`" if spec.flag else ""
+        rows.append(f"| `{spec.env}` | {flag} | {default} | {spec.help} |")
+    return "\n".join(rows)
