@@ -107,6 +107,8 @@ class VectorIndex:
         self.info = info
         self.vset = _key(info.name, f"{info.version}:vset")
         self.meta = _key(info.name, f"{info.version}:meta")
+        # Thumbnails depend on the image, not the model: one hash per index name.
+        self.thumbs = _key(info.name, "thumbs")
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -179,10 +181,21 @@ class VectorIndex:
         return n
 
     def delete(self, ids: Sequence[str]) -> int:
+        """Remove ids (and their thumbnails); returns how many were present."""
+        if not ids:
+            return 0
         pipe = self.client.pipeline(transaction=False)
         for image_id in ids:
             pipe.execute_command("VREM", self.vset, image_id)
-        return sum(int(r) for r in pipe.execute()) if ids else 0
+        pipe.hdel(self.thumbs, *ids)
+        return sum(int(r) for r in pipe.execute()[:-1])
+
+    def put_thumbnails(self, thumbnails: dict[str, bytes]) -> None:
+        if thumbnails:
+            self.client.hset(self.thumbs, mapping=thumbnails)
+
+    def thumbnail(self, image_id: str) -> bytes | None:
+        return self.client.hget(self.thumbs, image_id)
 
     # --- reads -----------------------------------------------------------------------------------
 

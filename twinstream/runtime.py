@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from twinstream.errors import ModelError
 from twinstream.modelcard import ModelCard
-from twinstream.preprocess import DEFAULT_MAX_PIXELS, preprocess_many
+from twinstream.preprocess import DEFAULT_MAX_PIXELS, image_to_array, preprocess_many
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -69,6 +70,13 @@ class Encoder:
         # Re-normalise: cheap, and keeps cosine = dot even for encoders exported by others.
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Already decoded images (``decode_image``) -> embeddings, one onnxruntime call."""
+        spec = self.card.preprocessing
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_arrays(np.stack([image_to_array(img, spec) for img in images]))
 
     def embed_bytes(self, blobs: Sequence[bytes]) -> EmbeddedBatch:
         """Decode, preprocess and embed a batch in one onnxruntime call; bad images are reported."""

@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 from kafka import TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
+from PIL import Image
 
 from index.store import VectorIndex, connect
+from twinstream.errors import ImageDecodeError
 from twinstream.messages import ImageMessage, MessageError
+from twinstream.preprocess import decode_image
 from twinstream.runtime import Encoder
 from twinstream.settings import Settings
+from twinstream.thumbnails import make_thumbnail
 from worker.kafka_io import ensure_topics, make_consumer, make_producer
 
 log = logging.getLogger("twinstream.worker")
@@ -95,20 +99,25 @@ class Worker:
                 to_embed.append((record, msg))
 
         started = time.perf_counter()
-        embedded = self.encoder.embed_bytes([m.data or b"" for _, m in to_embed])
+        decoded: list[tuple[ImageMessage, Image.Image]] = []
+        for record, msg in to_embed:
+            try:
+                decoded.append((msg, decode_image(msg.data or b"", self.encoder.max_pixels)))
+            except ImageDecodeError as exc:
+                self.dead_letter(record, exc.message, "decode")
+        vectors = self.encoder.embed_images([img for _, img in decoded])
+        thumbnails = {msg.id: make_thumbnail(img) for msg, img in decoded}
         self.stats.seconds["embed"] += time.perf_counter() - started
-        for position, reason in embedded.failed.items():
-            self.dead_letter(to_embed[position][0], reason, "decode")
 
         started = time.perf_counter()
         items = []
-        for vector, position in zip(embedded.vectors, embedded.kept, strict=True):
-            record, msg = to_embed[position]
+        for vector, (msg, _) in zip(vectors, decoded, strict=True):
             attributes = {**msg.attributes, "model_version": self.encoder.version,
                           "ingested_at": round(time.time(), 3)}
             if msg.uri:
                 attributes.setdefault("uri", msg.uri)
             items.append((msg.id, vector, attributes))
+        self.index.put_thumbnails(thumbnails)
         self.stats.upserted += self.index.upsert(items)
         self.stats.deleted += len(deletes)
         self.index.delete(deletes)
