@@ -81,11 +81,22 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    host: str = setting("127.0.0.1", "Address the HTTP API listens on.", flag="--host")
+    port: int = setting(8000, "Port of the HTTP API.", flag="--port")
+    token: str = setting(
+        "", "Bearer token required by write endpoints (ingest, enroll, delete); empty: no auth.")
+    max_upload_bytes: int = setting(10_000_000, "Largest accepted upload; larger ones get 413.")
+    cors_origins: str = setting("", "Comma-separated origins allowed by CORS; empty: CORS off.")
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
 
 @dataclass(frozen=True)
