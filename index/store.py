@@ -133,18 +133,31 @@ class VectorIndex:
         return cls(client, IndexInfo(name, card.version, card.embedding_dim, card.metric,
                                      card.threshold, stored[b"quant"].decode()))
 
+    @staticmethod
+    def live_version(client: redis.Redis, name: str) -> str | None:
+        """The model version queries of index ``name`` use, or None if it has none yet."""
+        version = client.get(_key(name, "alias"))
+        return version.decode() if version is not None else None
+
+    @staticmethod
+    def promote(client: redis.Redis, name: str, version: str) -> None:
+        """Point the alias at ``version`` (one SET: atomic for every reader)."""
+        if not client.exists(_key(name, f"{version}:meta")):
+            raise NotFoundError(f"index {name!r} has no version {version}")
+        client.set(_key(name, "alias"), version)
+
     @classmethod
     def live(cls, client: redis.Redis, name: str) -> VectorIndex:
         """The version of index ``name`` that queries use."""
-        version = client.get(_key(name, "alias"))
+        version = cls.live_version(client, name)
         if version is None:
             raise NotFoundError(f"index {name!r} does not exist yet: run a worker to fill it")
-        meta = client.hgetall(_key(name, f"{version.decode()}:meta"))
+        meta = client.hgetall(_key(name, f"{version}:meta"))
         if not meta:
-            raise NotFoundError(f"index {name!r} points at version {version.decode()}, "
+            raise NotFoundError(f"index {name!r} points at version {version}, "
                                 "which has no metadata")
         card = json.loads(meta.get(b"card", b"{}"))
-        return cls(client, IndexInfo(name, version.decode(), int(meta[b"dim"]),
+        return cls(client, IndexInfo(name, version, int(meta[b"dim"]),
                                      meta.get(b"metric", b"cosine").decode(),
                                      card.get("threshold"), meta.get(b"quant", b"q8").decode()))
 

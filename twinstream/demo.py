@@ -128,6 +128,8 @@ def _run_workers_until_indexed(settings: Settings, card, expected: int, cfg: Dem
                 raise TwinstreamError(f"demo: only {count}/{expected} images indexed after "
                                       f"{cfg.drain_timeout_s:.0f}s")
             time.sleep(0.5)
+        # Against a Redis of the user's own, an earlier demo may own the alias: make ours live.
+        VectorIndex.promote(index.client, settings.redis.index, card.version)
         out.info(f"   {count} images indexed (index {settings.redis.index!r}, "
                  f"version {card.version})")
     finally:
