@@ -83,7 +83,7 @@ def run_demo(cfg: DemoConfig, settings: Settings, out: Output) -> dict:
         lap("query")
     agreement = sum(r["agreement"] for r in results) / len(results)
     picture = cfg.out / "results.png"
-    _draw_results(results, picture)
+    _draw_results(_one_per_class(results), picture)
     return {"agreement_top5": agreement, "queries": len(results), "gallery": len(gallery),
             "model_version": card.version, "train": {"best": trained.best.get("val_one_shot"),
                                                      "epochs": trained.epochs_run,
@@ -160,22 +160,30 @@ def _query_all(settings: Settings, model_path: Path, queries: list[Path], k: int
     return results
 
 
+def _one_per_class(results: list[dict]) -> list[dict]:
+    """The first query of each class: a picture that fits on a screen."""
+    seen: dict[str, dict] = {}
+    for r in results:
+        seen.setdefault(r["label"], r)
+    return list(seen.values())
+
+
 def _draw_results(results: list[dict], path: Path, thumb: int = 96) -> None:
     """Each query beside its top-k, labelled with label and score (green = same class)."""
     from PIL import Image, ImageDraw, ImageFont
 
     k = max(len(r["hits"]) for r in results)
-    label_h = 30
+    label_h = 34
     sheet = Image.new("RGB", ((k + 1) * (thumb + 8) + 8, len(results) * (thumb + label_h + 8) + 8),
                       "white")
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=12)
     for row, r in enumerate(results):
         y = 8 + row * (thumb + label_h + 8)
-        tiles = [(r["query"], f"query: {r['label']}", "black")]
+        tiles = [(r["query"], f"query\n{r['label']}", "black")]
         tiles += [(h["attributes"].get("source", ""),
-                   f"{h['attributes'].get('label', '?')} {h['score']:.2f}",
-                   "green" if h["attributes"].get("label") == r["label"] else "red")
+                   f"{h['attributes'].get('label', '?')}\n{h['score']:.3f}",
+                   "darkgreen" if h["attributes"].get("label") == r["label"] else "red")
                   for h in r["hits"]]
         for col, (source, text, colour) in enumerate(tiles):
             x = 8 + col * (thumb + 8)
