@@ -136,6 +136,7 @@ def main() -> None:
     rows = []
     with stack_for(base) as stack:
         for name, blobs in sets.items():
+            embed_only = embed_only_rate(args.model, [data for _, data in blobs], 32)
             for processes in args.processes:
                 run = uuid.uuid4().hex[:8]
                 settings = with_services(base, stack)
@@ -147,7 +148,7 @@ def main() -> None:
                 publish_backlog(settings, blobs, args.records)
                 row = drain_rate(settings, args.model, args.records, processes, args.timeout)
                 row["images"] = name
-                row["embed_only_per_s"] = embed_only_rate(args.model, [d for _, d in blobs], 32)
+                row["embed_only_per_s"] = embed_only
                 rows.append(row)
                 print(f"{name}, {processes} process(es): {row}", file=sys.stderr)
 

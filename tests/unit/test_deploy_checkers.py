@@ -12,6 +12,7 @@ closure of an install computed from the installed distributions' metadata.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata as metadata
 import importlib.util
 import io
@@ -363,14 +364,14 @@ def closure(requirements: list[str]) -> tuple[dict[str, metadata.Distribution], 
     return found, problems
 
 
+@functools.cache
+def _distribution_bytes(name: str) -> int:
+    files = (Path(f.locate()) for f in metadata.distribution(name).files or [])
+    return sum(path.stat().st_size for path in files if path.is_file())
+
+
 def installed_mb(distributions: dict[str, metadata.Distribution]) -> float:
-    total = 0
-    for distribution in distributions.values():
-        for file in distribution.files or []:
-            path = Path(file.locate())
-            if path.is_file():
-                total += path.stat().st_size
-    return total / 1e6
+    return sum(_distribution_bytes(d.metadata["Name"]) for d in distributions.values()) / 1e6
 
 
 def serving_install_problems(requirements: list[str], project: dict,
