@@ -1,0 +1,57 @@
+"""Run the API under uvicorn until SIGINT/SIGTERM (``twinstream serve``)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from twinstream.errors import ConfigError
+from twinstream.output import Output
+from twinstream.settings import Settings
+
+# Long enough for in-flight searches to finish, short enough for a rolling restart.
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is one clear error line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                          "(pick another --port or TWINSTREAM_API_PORT)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings, out: Output) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from twinstream.runtime import Encoder
+
+    encoder = None
+    if settings.model.path:
+        encoder = Encoder(settings.model.path, threads=settings.model.threads,
+                          max_pixels=settings.worker.max_image_pixels)
+    else:
+        out.warn("no model (--model or TWINSTREAM_MODEL_PATH): searching by image, recognise, "
+                 "verify and enroll answer 503; search by vector or id works")
+    app = create_app(settings, encoder)
+    host, port = settings.api.host, settings.api.port
+    sock = bind(host, port)
+    level = logging.WARNING if out.quiet or out.json_mode else logging.INFO
+    config = uvicorn.Config(app, log_level=level, access_log=level <= logging.INFO,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                            server_header=False)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    out.result({"url": url, "model_version": encoder.version if encoder else None,
+                "index": settings.redis.index},
+               f"twinstream API on {url} (docs at {url}docs); Ctrl-C stops it")
+    uvicorn.Server(config).run(sockets=[sock])
+    out.info("stopped")
+    return 0
