@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 
 from twinstream.errors import ConfigError
@@ -11,6 +12,20 @@ from twinstream.settings import Settings
 
 # Long enough for in-flight searches to finish, short enough for a rolling restart.
 GRACEFUL_SHUTDOWN_S = 10
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            # uvicorn re-raises the SIGTERM/SIGINT it caught once it has shut down, so the process
+            # would end as "killed by a signal"; a service that stopped as asked exits 0.
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for open requests
+            self.should_exit = True
+
+    return Server
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -52,6 +67,6 @@ def serve(settings: Settings, out: Output) -> int:
     out.result({"url": url, "model_version": encoder.version if encoder else None,
                 "index": settings.redis.index},
                f"twinstream API on {url} (docs at {url}docs); Ctrl-C stops it")
-    uvicorn.Server(config).run(sockets=[sock])
+    _server_class()(config).run(sockets=[sock])
     out.info("stopped")
     return 0
