@@ -1,4 +1,4 @@
-"""The web page in a real browser: Debian's Chromium driven by Playwright, against `twinstream serve`.
+"""The web page in a real browser: Debian's Chromium, driven by Playwright, on `twinstream serve`.
 
 The server is the real command in its own process on a free port (stopped with SIGTERM, which
 must end it cleanly); the page searches the test index and must show the query image's own id as
