@@ -53,7 +53,11 @@ def serve(settings: Settings, out: Output) -> int:
 
     encoder = None
     if settings.model.path:
-        encoder = Encoder(settings.model.path, threads=settings.model.threads,
+        # One image per request, requests embedded concurrently: one intra-op thread each is
+        # fastest, and it leaves no idle onnxruntime threads spin-waiting on the cores Redis
+        # needs (bench/api_bench.py measured index queries 5-8x slower with the default pool).
+        # An explicit --threads / TWINSTREAM_MODEL_THREADS still wins.
+        encoder = Encoder(settings.model.path, threads=settings.model.threads or 1,
                           max_pixels=settings.worker.max_image_pixels)
     else:
         out.warn("no model (--model or TWINSTREAM_MODEL_PATH): searching by image, recognise, "

@@ -11,6 +11,7 @@ store grows; once it offers the same, these become one-line delegations.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -21,6 +22,7 @@ import numpy as np
 from index.store import Hit, VectorIndex
 
 
+@functools.cache
 def store_supports_filter() -> bool:
     return "filter" in inspect.signature(VectorIndex.search).parameters
 

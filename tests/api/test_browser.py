@@ -98,6 +98,7 @@ def test_the_page_finds_the_uploaded_image_first(served, gallery, tmp_path):
 
             page.check("input[value=recognize]")
             expect(page.get_by_test_id("verdict")).to_have_attribute("data-label", "green_circle")
+            page.screenshot(path=str(ARTIFACTS / "web-page-recognise.png"), full_page=True)
 
             page.set_input_files("#file", str(not_an_image))
             expect(page.get_by_test_id("error")).to_contain_text("not an image")
