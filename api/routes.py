@@ -267,9 +267,6 @@ async def ingest_images(request: Request,
     if id is not None and len(image) != 1:
         raise ApiError(422, "id names a single image; leave it out when sending several")
     attrs = svc.parse_attributes(attributes, label)
-    ids = []
-    for upload in image:
-        data = await upload.read()
-        ctype = upload.content_type or "application/octet-stream"
-        ids.append(await blocking(svc.ingest, data, ctype, id, attrs))
+    uploads = [(await u.read(), u.content_type or "application/octet-stream") for u in image]
+    ids = await blocking(svc.ingest, uploads, id, attrs)
     return IngestResponse(ids=ids, topic=svc.settings.kafka.topic)

@@ -300,21 +300,25 @@ class SearchService:
                {**attributes, "model_version": encoder.version, "ingested_at": time.time()})
         return image_id, index
 
-    def ingest(self, data: bytes, content_type: str, image_id: str | None,
-               attributes: dict[str, Any]) -> str:
-        """Publish one image for the workers to embed; returns its id once the broker has it."""
-        if len(data) > MAX_INLINE_BYTES:
-            raise ApiError(413, f"image is {len(data):,} bytes; at most {MAX_INLINE_BYTES:,} "
-                                "can be published inline (use 'twinstream ingest' with a "
-                                "shared volume for larger ones)")
-        self.decode(data)  # refuse now what a worker would only dead-letter later
-        image_id = self.check_id(image_id or content_id(data))
-        message = ImageMessage(id=image_id, data=data, content_type=content_type,
-                               attributes={"source": "api", **attributes},
-                               produced_at_ms=now_ms())
-        self._publish(message)
-        self.metrics.published.labels("image").inc()
-        return image_id
+    def ingest(self, uploads: list[tuple[bytes, str]], image_id: str | None,
+               attributes: dict[str, Any]) -> list[str]:
+        """Publish images (bytes, content type) for the workers to embed; returns their ids once
+        the broker has them. All are checked before any is published: all or nothing."""
+        messages = []
+        for data, content_type in uploads:
+            if len(data) > MAX_INLINE_BYTES:
+                raise ApiError(413, f"image is {len(data):,} bytes; at most "
+                                    f"{MAX_INLINE_BYTES:,} can be published inline (use "
+                                    "'twinstream ingest' with a shared volume for larger ones)")
+            self.decode(data)  # refuse now what a worker would only dead-letter later
+            messages.append(ImageMessage(
+                id=self.check_id(image_id or content_id(data)), data=data,
+                content_type=content_type, attributes={"source": "api", **attributes},
+                produced_at_ms=now_ms()))
+        for message in messages:
+            self._publish(message)
+            self.metrics.published.labels("image").inc()
+        return [m.id for m in messages]
 
     def delete(self, image_id: str) -> bool:
         """Publish a tombstone; returns whether the id is in the live index right now."""

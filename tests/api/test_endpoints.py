@@ -328,6 +328,13 @@ def wait_for(request, status: int, timeout_s: float = 30.0):
         time.sleep(0.2)
 
 
+def published_images(api) -> float:
+    for line in api.client.get("/metrics").text.splitlines():
+        if line.startswith('twinstream_api_published_total{kind="image"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_ingest_refuses_bad_input(api, gallery):
     _, red = gallery.first_of("red_circle")
     png = red.read_bytes()
@@ -338,6 +345,10 @@ def test_ingest_refuses_bad_input(api, gallery):
     assert_error(api.client.post("/ingest", files=[("image", ("a.png", png)),
                                                    ("image", ("b.png", png))],
                                  data={"id": "one"}), 422)
+    published = published_images(api)
+    assert_error(api.client.post("/ingest", files=[("image", ("a.png", png)),
+                                                   ("image", ("b.txt", b"text"))]), 415)
+    assert published_images(api) == published  # all or nothing: the good one was not sent
     assert_error(api.client.delete("/items/" + quote("bad\x01id", safe="")), 422)
 
 
