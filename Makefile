@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.twinstream-installed
-# Debian packages the tests use: Redis 7.0 (to check that a Redis without vector sets is refused).
-SYSTEM_PACKAGES := redis-server
+# Debian packages the tests use: Redis 7.0 (to check that a Redis without vector sets is refused),
+# Chromium (the web page's browser test; Playwright cannot download its own browser here).
+SYSTEM_PACKAGES := redis-server chromium
 SYSTEM_STAMP := $(VENV)/.system-packages
 
 .PHONY: demo test lint install system-packages clean
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[train,local,dev]'
+	$(PY) -m pip install --quiet -e '.[train,local,dev,api]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "twinstream.commands.stream",
     "twinstream.commands.search",
     "twinstream.commands.stack",
+    "twinstream.commands.serve",
 )
 
 Handler = Callable[[argparse.Namespace, Settings, Output], "int | None"]

@@ -88,6 +88,10 @@ class ApiSettings:
         "", "Bearer token required by write endpoints (ingest, enroll, delete); empty: no auth.")
     max_upload_bytes: int = setting(10_000_000, "Largest accepted upload; larger ones get 413.")
     cors_origins: str = setting("", "Comma-separated origins allowed by CORS; empty: CORS off.")
+    request_timeout_s: float = setting(
+        30.0, "Longest a request may take (reading the upload included); slower ones get 504.")
+    max_k: int = setting(1000, "Largest k a search or recognition may ask for; larger ones get "
+                         "422.")
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("TWINSTREAM_WORKER_MAX_WAIT_MS must be >= 0")
     if settings.model.threads < 0:
         raise ConfigError("TWINSTREAM_MODEL_THREADS must be >= 0")
+    if not 0 < settings.api.port < 65536:
+        raise ConfigError(f"TWINSTREAM_API_PORT must be 1-65535, got {settings.api.port}")
+    for name, value in {"TWINSTREAM_API_MAX_UPLOAD_BYTES": settings.api.max_upload_bytes,
+                        "TWINSTREAM_API_REQUEST_TIMEOUT_S": settings.api.request_timeout_s,
+                        "TWINSTREAM_API_MAX_K": settings.api.max_k}.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
 
 
 def flag_specs(keys: Iterable[str]) -> list[SettingSpec]:

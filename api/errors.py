@@ -1,0 +1,120 @@
+"""Every failure becomes a JSON body ``{"error": code, "message": one line, "status": n}``.
+
+The mapping from the project's exceptions to HTTP statuses lives here, once. A request the client
+got wrong is a 4xx with a message it can act on; a service that is down is a 503; only a bug in
+this code is a 500, and that one is logged with its traceback but never shown to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kafka.errors import KafkaError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from twinstream.errors import (
+    ConfigError,
+    ImageDecodeError,
+    IndexMismatchError,
+    InputError,
+    ModelError,
+    NotFoundError,
+    ServiceUnavailable,
+    TwinstreamError,
+)
+
+log = logging.getLogger("twinstream.api")
+
+
+class ApiError(Exception):
+    """An HTTP error raised by the API's own code, with the status and a one-line message."""
+
+    def __init__(self, status: int, message: str, detail: Any = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.headers = headers
+
+
+def error_body(status: int, message: str, detail: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": _code(status), "message": message, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    return body
+
+
+def error_response(status: int, message: str, detail: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, detail), status_code=status, headers=headers)
+
+
+def _code(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+def status_of(exc: TwinstreamError) -> int:
+    """The HTTP status of one of the project's exceptions."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, IndexMismatchError):
+        return 409  # the model and the live index disagree: not the client's fault, not transient
+    if isinstance(exc, (ServiceUnavailable, ModelError, ConfigError)):
+        return 503
+    if isinstance(exc, (ImageDecodeError, InputError)):
+        return 400
+    return 400
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    detail = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        detail.append({"field": where, "message": err.get("msg", "invalid")})
+    first = detail[0] if detail else {"field": "", "message": "invalid request"}
+    return f"{first['field'] or 'request'}: {first['message']}", detail
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.detail, exc.headers)
+
+    @app.exception_handler(TwinstreamError)
+    async def _twinstream_error(_request: Request, exc: TwinstreamError) -> JSONResponse:
+        return error_response(status_of(exc), exc.message.splitlines()[0])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else _code(exc.status_code)
+        return error_response(exc.status_code, message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, detail = _validation_detail(exc)
+        return error_response(422, message, detail)
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_error(_request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("redis error: %s", exc)
+        return error_response(503, f"Redis is unavailable: {type(exc).__name__}: {exc}")
+
+    @app.exception_handler(KafkaError)
+    async def _kafka_error(_request: Request, exc: KafkaError) -> JSONResponse:
+        log.warning("kafka error: %s", exc)
+        return error_response(503, f"Kafka is unavailable: {type(exc).__name__}")
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return error_response(500, f"internal error ({type(exc).__name__}); see the server log")

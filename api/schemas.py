@@ -1,0 +1,112 @@
+"""Request and response bodies, as pydantic models (they also write the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_VECTOR_VALUES = 8192
+
+
+class SearchOptions(BaseModel):
+    """The form fields of an image search (multipart)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    k: int = Field(10, ge=1, description="number of results")
+    filter: str | None = Field(None, description='attribute filter, e.g. .label == "cat"')
+
+
+class VectorQuery(BaseModel):
+    """A JSON search: by an embedding, or by an item already in the index (more like this)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: list[float] | None = Field(None, max_length=MAX_VECTOR_VALUES,
+                                       description="query embedding (the index's dimension)")
+    id: str | None = Field(None, description="id of an indexed item to use as the query")
+    k: int = Field(10, ge=1, description="number of results")
+    filter: str | None = Field(None, description='attribute filter, e.g. .label == "cat"')
+
+    @model_validator(mode="after")
+    def _one_query(self) -> VectorQuery:
+        if (self.vector is None) == (self.id is None):
+            raise ValueError("give exactly one of 'vector' and 'id'")
+        return self
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity, -1..1")
+    attributes: dict[str, Any]
+    thumbnail_url: str
+
+
+class IndexRef(BaseModel):
+    name: str
+    version: str = Field(description="model version the index was built with")
+    dim: int
+
+
+class SearchResponse(BaseModel):
+    model_version: str
+    index: IndexRef
+    k: int
+    filter: str | None
+    hits: list[HitOut]
+    timings_ms: dict[str, float] = Field(
+        description="server-side time of each step: decode_embed, index_query")
+
+
+class ItemResponse(BaseModel):
+    id: str
+    model_version: str
+    attributes: dict[str, Any]
+    thumbnail_url: str
+    vector: list[float] | None = None
+
+
+class RecognizeResponse(BaseModel):
+    label: str = Field(description='the recognised label, or "unknown"')
+    known: bool
+    score: float
+    threshold: float
+    best: HitOut | None
+    hits: list[HitOut]
+    model_version: str
+    timings_ms: dict[str, float]
+
+
+class VerifyResponse(BaseModel):
+    score: float
+    threshold: float
+    same: bool
+    model_version: str
+
+
+class EnrollResponse(BaseModel):
+    id: str
+    label: str
+    model_version: str
+    index: str
+
+
+class IngestResponse(BaseModel):
+    ids: list[str]
+    topic: str
+    status: str = "queued"
+
+
+class DeleteResponse(BaseModel):
+    id: str
+    indexed: bool = Field(description="whether the id was in the live index when deleted")
+    topic: str
+    status: str = "queued"
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+    status: int
+    detail: Any = None

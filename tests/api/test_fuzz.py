@@ -1,0 +1,106 @@
+"""Property-based fuzz of /search and /verify: random bytes, random form fields, random JSON.
+
+Whatever arrives, the answer is never a 5xx (a 503 would mean a service is down, which it is not
+here) and every error has the JSON error body.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests import imagegen
+
+pytestmark = pytest.mark.integration
+
+FUZZ = settings(max_examples=120, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _valid_images() -> list[bytes]:
+    return [imagegen.encode(imagegen.gradient(24, seed=s)) for s in range(3)] + \
+        list(imagegen.unusual_but_valid().values())[:4]
+
+
+VALID = _valid_images()
+HOSTILE = [v for k, v in imagegen.hostile().items() if k != "decompression_bomb"]
+
+image_bytes = st.one_of(
+    st.binary(max_size=600),
+    st.sampled_from(VALID + HOSTILE),
+    # a valid image cut short, or with a few bytes flipped
+    st.builds(lambda data, cut: data[:cut], st.sampled_from(VALID), st.integers(0, 400)),
+    st.builds(lambda data, at, b: data[:at] + bytes([b]) + data[at + 1:],
+              st.sampled_from(VALID), st.integers(0, 300), st.integers(0, 255)),
+)
+field_value = st.one_of(
+    st.text(max_size=40),
+    st.integers(-10**6, 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["", "5", "1000", "1001", '.label == "red_circle"', ".x >", "(((", "nan",
+                     '.label in ["a", "b"]', "0", "-1", "1e309"]),
+)
+form_fields = st.dictionaries(
+    st.one_of(st.sampled_from(["k", "filter", "threshold", "id", "label"]), st.text(max_size=8)),
+    field_value, max_size=4)
+file_name = st.one_of(st.text(max_size=20), st.sampled_from(["a.png", "x.jpg", ""]))
+content_type = st.sampled_from(["image/png", "image/jpeg", "application/octet-stream",
+                                "text/plain", ""])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=40) | st.dictionaries(
+        st.text(max_size=8), children, max_size=5),
+    max_leaves=80)
+json_queries = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"vector": st.lists(st.floats(-1, 1, width=32), min_size=32,
+                                              max_size=32)}, optional={"k": st.integers()}),
+    # the session model's dimension is 32: some of these are well-formed queries
+    st.fixed_dictionaries({"vector": st.lists(st.floats(width=32) | st.floats(-1, 1, width=32),
+                                              min_size=30, max_size=34)},
+                          optional={"k": json_values | st.integers(), "filter": field_value,
+                                    "id": st.text(max_size=20)}),
+)
+
+
+def check(response) -> None:
+    event(f"status {response.status_code}")  # shown by --hypothesis-show-statistics
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        body = response.json()
+        assert body["status"] == response.status_code and body["message"]
+
+
+@FUZZ
+@given(data=image_bytes, fields=form_fields, name=file_name, ctype=content_type)
+def test_search_multipart_never_fails_on_the_server(api, gallery, data, fields, name, ctype):
+    files = {"image": (name, data, ctype)} if ctype else {"image": (name, data)}
+    check(api.client.post("/search", files=files, data=fields))
+
+
+@FUZZ
+@given(query=json_queries)
+def test_search_json_never_fails_on_the_server(api, gallery, query):
+    check(api.client.post("/search", content=json.dumps(query).encode(),
+                          headers={"content-type": "application/json"}))
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300),
+       ctype=st.sampled_from(["multipart/form-data", "multipart/form-data; boundary=x",
+                              "application/json", "application/x-www-form-urlencoded",
+                              "image/png", "text/plain; charset=utf-8", ""]))
+def test_search_raw_bodies_never_fail_on_the_server(api, gallery, raw, ctype):
+    headers = {"content-type": ctype} if ctype else {}
+    check(api.client.post("/search", content=raw, headers=headers))
+
+
+@FUZZ
+@given(a=image_bytes, b=image_bytes, fields=form_fields, drop=st.sampled_from(["", "a", "b"]))
+def test_verify_never_fails_on_the_server(api, gallery, a, b, fields, drop):
+    files = {k: (f"{k}.png", v) for k, v in (("a", a), ("b", b)) if k != drop}
+    check(api.client.post("/verify", files=files, data=fields))
