@@ -66,6 +66,9 @@ class ModelSettings:
                         flag="--model")
     threads: int = setting(0, "onnxruntime intra-op threads; 0 lets onnxruntime choose.",
                            flag="--threads")
+    inter_threads: int = setting(
+        1, "onnxruntime inter-op threads: operators run side by side when above 1 (the "
+        "encoders are chains of operators, so 1 is usually best).", flag="--inter-threads")
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("TWINSTREAM_WORKER_MAX_WAIT_MS must be >= 0")
     if settings.model.threads < 0:
         raise ConfigError("TWINSTREAM_MODEL_THREADS must be >= 0")
+    if settings.model.inter_threads < 1:
+        raise ConfigError("TWINSTREAM_MODEL_INTER_THREADS must be >= 1")
 
 
 def flag_specs(keys: Iterable[str]) -> list[SettingSpec]:
