@@ -105,7 +105,7 @@ def compare(fp32: onnx.ModelProto, int8: onnx.ModelProto, images: np.ndarray,
             "change_points": 100 * (acc["int8"]["accuracy"] - acc["fp32"]["accuracy"])}
     batch = np.resize(images, (speed_batch, *images.shape[1:]))
     medians = interleaved({"fp32": lambda: run(fp32_session, batch),
-                           "int8": lambda: run(int8_session, batch)}, reps=speed_reps)
+                           "int8": lambda: run(int8_session, batch)}, rounds=speed_reps)
     report["speed"] = {"batch": speed_batch,
                        "fp32_ms": 1000 * medians["fp32"], "int8_ms": 1000 * medians["int8"],
                        "speedup": medians["fp32"] / medians["int8"]}

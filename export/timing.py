@@ -7,24 +7,31 @@ import time
 from collections.abc import Callable
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
-                min_seconds: float = 0.0) -> dict[str, float]:
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int,
+                turn_seconds: float = 0.0, pause: float = 0.0, warmup: int = 2
+                ) -> dict[str, float]:
     """Median seconds per call of each candidate.
 
-    Each round calls every candidate once, so a burst of load from another process hits all of
-    them alike and the ratios stay meaningful even when the absolute times wobble. Rounds go on
-    until ``reps`` are done and at least ``min_seconds`` have passed.
+    Each round gives every candidate one turn, so a burst of load from another process hits all
+    of them alike and the ratios stay meaningful even when absolute times wobble. A turn repeats
+    the call until ``turn_seconds`` have passed (at least once) and records the mean; ``pause``
+    between turns lets the previous candidate's spinning worker threads go to sleep, so they do
+    not steal the cores from the next one.
     """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    started = time.perf_counter()
-    rounds = 0
-    while rounds < reps or time.perf_counter() - started < min_seconds:
+    per_call: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
         for name, fn in candidates.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        rounds += 1
-    return {name: statistics.median(values) for name, values in times.items()}
+            if pause:
+                time.sleep(pause)
+            calls, started = 0, time.perf_counter()
+            while True:
+                fn()
+                calls += 1
+                elapsed = time.perf_counter() - started
+                if elapsed >= turn_seconds:
+                    break
+            per_call[name].append(elapsed / calls)
+    return {name: statistics.median(values) for name, values in per_call.items()}

@@ -25,8 +25,8 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
                        help="use a model without a card; --size, --mean and --std then say how "
                             "images are preprocessed")
     group.add_argument("--size", metavar="HxW", help="input size, e.g. 224 or 64x48 (HxW)")
-    group.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB "
-                       "(default: the number of --mean values, or 3)")
+    group.add_argument("--channels", type=int, choices=(1, 3),
+                       help="1 = grayscale, 3 = RGB (default 3)")
     group.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean after scaling to "
                        "[0, 1], e.g. 0.485,0.456,0.406 (one value is used for every channel)")
     group.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation")
@@ -61,7 +61,7 @@ def foreign_preprocessing(args: Any) -> Preprocessing | None:
                          "be guessed")
     height, width = _size(args.size)
     mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
-    channels = args.channels or (len(mean) if len(mean) in (1, 3) else 3)
+    channels = args.channels or 3
     mean, std = _per_channel(mean, channels, "--mean"), _per_channel(std, channels, "--std")
     try:
         return Preprocessing(height=height, width=width, channels=channels, mean=mean, std=std,
