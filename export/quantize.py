@@ -86,7 +86,7 @@ def quantize_graph(proto: onnx.ModelProto, calibration: np.ndarray, *, per_chann
 
 
 def compare(fp32: onnx.ModelProto, int8: onnx.ModelProto, images: np.ndarray,
-            labels: np.ndarray | None = None, ways: int = 5, episodes: int = 400,
+            labels: np.ndarray | None = None, ways: int = 5, episodes: int = 1000,
             speed_batch: int = 32, speed_reps: int = 10) -> dict:
     """What int8 costs and gains against fp32: cosine per image, few-shot accuracy, speed."""
     fp32_session, int8_session = session_for(fp32), session_for(int8)

@@ -42,7 +42,7 @@ def load_encoder(settings: Settings, args: Any = None, path: str | None = None) 
     if not path:
         raise ConfigError("no model given: pass --model model.onnx or set TWINSTREAM_MODEL_PATH")
     return Encoder(path, threads=settings.model.threads,
-                   inter_threads=settings.model.inter_threads,
+                   inter_threads=settings.model.inter_threads, spin=settings.model.spin,
                    max_pixels=settings.worker.max_image_pixels,
                    fallback=foreign_preprocessing(args))
 

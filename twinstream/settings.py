@@ -69,6 +69,9 @@ class ModelSettings:
     inter_threads: int = setting(
         1, "onnxruntime inter-op threads: operators run side by side when above 1 (the "
         "encoders are chains of operators, so 1 is usually best).", flag="--inter-threads")
+    spin: bool = setting(
+        False, "Let onnxruntime's idle threads spin-wait for the next batch: a little lower "
+        "latency on a quiet machine, but CPU taken from everyone else on a shared one.")
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,9 @@ def test_session_options_carry_the_thread_settings(foreign):
     options = session_options(threads=1, inter_threads=3)
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 3
     assert options.execution_mode.name == "ORT_PARALLEL"
+    spinning = "session.intra_op.allow_spinning"
+    assert options.get_session_config_entry(spinning) == "0"  # a good neighbour by default
+    assert session_options(spin=True).get_session_config_entry(spinning) == "1"
     encoder = Encoder(foreign, threads=1, fallback=GREY8)
     used = encoder.session.get_session_options()
     assert used.intra_op_num_threads == 1

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                        default="minmax")
     group.add_argument("--per-tensor", action="store_true",
                        help="one weight scale per tensor instead of per output channel")
+    group.add_argument("--reduce-range", action="store_true",
+                       help="7-bit weights: avoids int16 saturation on x86 CPUs without VNNI "
+                            "(older than AVX512-VNNI / AVX-VNNI), at some accuracy")
     group.add_argument("--eval", metavar="DIR",
                        help="held-out images, one sub-folder per class, for the one-shot "
                             "accuracy of int8 vs fp32 (default: calibration images not used)")
@@ -94,7 +97,8 @@ def _export_int8(args, fp32_path: Path, target: Path, card, out):
     return quantize_int8(fp32_path, target, calibration,
                          held_out.arrays if held_out else None,
                          held_out.labels if held_out else None,
-                         per_channel=not args.per_tensor, method=args.calibration_method,
+                         per_channel=not args.per_tensor, reduce_range=args.reduce_range,
+                         method=args.calibration_method,
                          log=out.info)
 
 
