@@ -69,6 +69,9 @@ def export(args, settings, out) -> None:
         if args.sample else []
     card, parity = export_onnx(args.checkpoint, target, samples, opset=args.opset or OPSET,
                                exporter=args.exporter, log=out.info)
+    if parity["inputs"] == "random":
+        out.warn("parity was checked on random inputs only: no --sample images decoded and the "
+                 "training folder is gone; pass --sample DIR to check on real images")
     result = {"out": str(target), "card": card.to_dict(), "parity": parity}
     text = [f"wrote {target} (version {card.version}, {card.embedding_dim}-d, fp32); parity on "
             f"{parity['images']} {parity['inputs']}: max |onnxruntime - torch| "
