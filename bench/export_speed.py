@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ from export.flops import flops_per_image  # noqa: E402
 from export.images import calibration_set, evaluation_set  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
-from export.timing import interleaved  # noqa: E402
+from export.timing import timed_turns  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from twinstream.runtime import Encoder  # noqa: E402
 
@@ -161,16 +162,18 @@ def time_engines(model, paths: tuple[Path, Path], spec, batches, threads: int, a
                 return channels_last(xcl)
 
         with threadpool_limits(threads):  # numpy's BLAS gets the same threads
-            seconds = interleaved({
+            turns = timed_turns({
                 **gemms,
                 "torch eager fp32": torch_eager,
                 "torch eager fp32 (channels-last)": torch_channels_last,
                 "onnxruntime fp32": lambda x=x: fp32.embed_arrays(x),
                 "onnxruntime int8": lambda x=x: int8.embed_arrays(x),
             }, rounds=args.rounds, turn_seconds=args.turn, pause=0.02)
-        results[batch] = seconds
+        results[batch] = {name: {"median": statistics.median(values), "best": min(values)}
+                          for name, values in turns.items()}
         print(f"  {threads} thread(s), batch {batch}: " + ", ".join(
-            f"{k} {1000 * v:.2f} ms" for k, v in seconds.items()), file=sys.stderr)
+            f"{k} {1000 * v['median']:.2f} ms" for k, v in results[batch].items()),
+            file=sys.stderr)
     return results
 
 
@@ -209,29 +212,33 @@ def main() -> None:
 
 def build_report(args, meta, card, int8_card, parity, int8_report, flops, timings,
                  held_out) -> dict:
+    """Speeds from median turns; the GEMM-peak fraction compares best turns with best turns
+    (what the code and the hardware do when other processes leave them alone)."""
     rows, peaks, ratios = [], {}, {}
     gemm_flops = 2 * GEMM_N ** 3
     for threads, by_batch in timings.items():
-        for batch, seconds in by_batch.items():
-            gemm = {k.split()[1]: gemm_flops / v / 1e9 for k, v in seconds.items()
+        for batch, times in by_batch.items():
+            gemm = {k.split()[1]: gemm_flops / v["best"] / 1e9 for k, v in times.items()
                     if k.startswith("gemm ")}
             peak = max(gemm.values())
             key = f"{threads}t b{batch}"
             peaks[key] = {**gemm, "peak": peak}
-            for engine, t in seconds.items():
+            median = {k: v["median"] for k, v in times.items()}
+            for engine, t in times.items():
                 if not engine.startswith("gemm "):
-                    rate = batch / t
+                    rate = batch / t["median"]
+                    best_gflops = batch / t["best"] * flops / 1e9
                     rows.append({"engine": engine, "threads": threads, "batch": batch,
-                                 "ms_per_batch": 1000 * t, "images_per_s": rate,
-                                 "gflops": rate * flops / 1e9,
-                                 "of_peak": rate * flops / 1e9 / peak})
+                                 "ms_per_batch": 1000 * t["median"], "images_per_s": rate,
+                                 "gflops": rate * flops / 1e9, "best_gflops": best_gflops,
+                                 "of_peak": best_gflops / peak})
             ratios[key] = {
                 "onnxruntime fp32 / torch eager":
-                    seconds["torch eager fp32"] / seconds["onnxruntime fp32"],
+                    median["torch eager fp32"] / median["onnxruntime fp32"],
                 "onnxruntime int8 / onnxruntime fp32":
-                    seconds["onnxruntime fp32"] / seconds["onnxruntime int8"],
+                    median["onnxruntime fp32"] / median["onnxruntime int8"],
                 "onnxruntime fp32 / torch channels-last":
-                    seconds["torch eager fp32 (channels-last)"] / seconds["onnxruntime fp32"],
+                    median["torch eager fp32 (channels-last)"] / median["onnxruntime fp32"],
             }
     first = f"{next(iter(timings))}t b32"
     return {
@@ -249,11 +256,13 @@ def build_report(args, meta, card, int8_card, parity, int8_report, flops, timing
                      "classes": held_out.classes},
         "rows": rows,
         "ratios": ratios,
-        "targets": {
+        "targets": {  # None: not measured in this run (no batch 32)
             f"onnxruntime fp32 >= 1.5x torch eager ({first})":
-                ratios.get(first, {}).get("onnxruntime fp32 / torch eager", 0) >= 1.5,
+                ratios[first]["onnxruntime fp32 / torch eager"] >= 1.5
+                if first in ratios else None,
             f"int8 >= 1.5x onnxruntime fp32 ({first})":
-                ratios.get(first, {}).get("onnxruntime int8 / onnxruntime fp32", 0) >= 1.5,
+                ratios[first]["onnxruntime int8 / onnxruntime fp32"] >= 1.5
+                if first in ratios else None,
             "int8 one-shot within 1 point of fp32":
                 abs(int8_report["one_shot"]["change_points"]) <= 1.0,
         },
@@ -272,16 +281,19 @@ def markdown(report: dict) -> str:
     lines = [
         f"Encoder `{enc['arch']}` {enc['in_channels']}x{enc['height']}x{enc['width']} -> "
         f"{enc['embedding_dim']}-d, {enc['flops_per_image'] / 1e6:.1f} MFLOP/image. "
-        f"Float32 {GEMM_N}^3 GEMM peak in GFLOP/s (best of numpy and onnxruntime, timed in the "
-        f"same rounds as the encoders; t = threads, b = batch): {peaks}.",
+        f"Float32 {GEMM_N}^3 GEMM peak in GFLOP/s (faster of numpy and onnxruntime, best turn, "
+        f"timed in the same rounds as the encoders; t = threads, b = batch): {peaks}. "
+        "ms/batch, images/s and GFLOP/s are medians of the turns; the last two columns compare "
+        "the best turn with the GEMM's best turn (int8 can pass 100%: int8 arithmetic is "
+        "faster than the float32 peak).",
         "",
-        "| engine | threads | batch | ms/batch | images/s | GFLOP/s | of GEMM peak |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| engine | threads | batch | ms/batch | images/s | GFLOP/s | best GFLOP/s | of peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report["rows"]:
         lines.append(f"| {r['engine']} | {r['threads']} | {r['batch']} | "
                      f"{r['ms_per_batch']:.2f} | {r['images_per_s']:.0f} | {r['gflops']:.1f} | "
-                     f"{100 * r['of_peak']:.0f}% |")
+                     f"{r['best_gflops']:.1f} | {100 * r['of_peak']:.0f}% |")
     lines += ["", "| speed ratio (same run) | " + " | ".join(report["ratios"]) + " |",
               "| --- |" + " ---: |" * len(report["ratios"])]
     for name in next(iter(report["ratios"].values())):
@@ -293,8 +305,9 @@ def markdown(report: dict) -> str:
                   f"{shot['ways']}-way one-shot {shot['fp32']:.3f} -> {shot['int8']:.3f} "
                   f"({shot['change_points']:+.1f} points, {shot['episodes']} paired episodes); "
                   f"cosine mean {cos['mean']:.5f}, min {cos['min']:.5f}.",
-              "", "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}"
-                                         for k, v in report["targets"].items())]
+              "", "Targets: " + "; ".join(
+                  f"{k}: {'not measured' if v is None else 'met' if v else 'MISSED'}"
+                  for k, v in report["targets"].items())]
     return "\n".join(lines)
 
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], rounds: int,
+def timed_turns(candidates: dict[str, Callable[[], object]], rounds: int,
                 turn_seconds: float = 0.0, pause: float = 0.0, warmup: int = 2
-                ) -> dict[str, float]:
-    """Median seconds per call of each candidate.
+                ) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, one value per turn.
 
     Each round gives every candidate one turn, so a burst of load from another process hits all
     of them alike and the ratios stay meaningful even when absolute times wobble. A turn repeats
@@ -34,4 +34,12 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int,
                 if elapsed >= turn_seconds:
                     break
             per_call[name].append(elapsed / calls)
-    return {name: statistics.median(values) for name, values in per_call.items()}
+    return per_call
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int,
+                turn_seconds: float = 0.0, pause: float = 0.0, warmup: int = 2
+                ) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed in turns (``timed_turns``)."""
+    turns = timed_turns(candidates, rounds, turn_seconds, pause, warmup)
+    return {name: statistics.median(values) for name, values in turns.items()}
