@@ -1,101 +1,68 @@
-"""Checkpoint -> ONNX encoder with the model card in ``metadata_props`` and a parity check."""
+"""Checkpoint -> verified ONNX encoder with its model card (the one artifact serving needs).
+
+Steps: load the checkpoint (weights only, never pickled code) -> export the encoder branch with a
+dynamic batch -> exact simplifications -> parity check against torch on real images -> card with
+thresholds, training summary and provenance -> content-hash version -> atomic write. A failed
+parity check writes nothing and says by how much it failed.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
+from export.card import card_from_checkpoint, save_atomic, with_card
+from export.graph import OPSET, simplify, torch_to_onnx
+from export.images import training_samples
+from export.parity import (
+    PARITY_MAX_ABS,
+    PARITY_MIN_COSINE,
+    check_parity,
+    parity_failure,
+    parity_inputs,
+)
 from training.checkpoint import load_checkpoint
 from twinstream.errors import ModelError
-from twinstream.modelcard import ModelCard, content_version
-from twinstream.preprocess import preprocess_many
-from twinstream.runtime import INPUT_NAME, OUTPUT_NAME, Encoder
-
-OPSET = 17
-PARITY_MAX_ABS = 1e-4
-PARITY_MIN_COSINE = 0.9999
+from twinstream.modelcard import ModelCard
 
 
-def card_from_checkpoint(meta: dict) -> ModelCard:
-    metrics = meta.get("metrics") or {}
-    verification = metrics.get("verification", {})
-    thresholds = {k.removeprefix("threshold_"): float(v) for k, v in verification.items()
-                  if k.startswith("threshold_")}
-    return ModelCard(
-        embedding_dim=meta["encoder"].embedding_dim,
-        preprocessing=meta["preprocessing"],
-        threshold=thresholds.get("eer"),
-        thresholds=thresholds,
-        loss=str(meta.get("loss", "")),
-        architecture=meta["encoder"].to_dict(),
-        training_data=dict(meta.get("data") or {}),
-        metrics={k: v for k, v in metrics.items() if k in ("one_shot", "verification")},
-        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    )
+def export_onnx(checkpoint: str | Path, out: str | Path, sample_images: Sequence[bytes] = (),
+                *, opset: int = OPSET, exporter: str = "dynamo",
+                max_abs: float = PARITY_MAX_ABS, min_cosine: float = PARITY_MIN_COSINE,
+                log: Callable[[str], None] | None = None) -> tuple[ModelCard, dict]:
+    """Export the encoder of ``checkpoint`` to ``out``; returns its card and the parity report.
 
-
-def write_with_card(model_proto: onnx.ModelProto, card: ModelCard, out: Path) -> ModelCard:
-    """Attach the card, derive the version from the content (graph, weights, card), write."""
-    def attach(c: ModelCard) -> None:
-        del model_proto.metadata_props[:]
-        for key, value in c.to_metadata().items():
-            entry = model_proto.metadata_props.add()
-            entry.key, entry.value = key, value
-
-    attach(card.with_version(""))
-    version = content_version(model_proto.SerializeToString())
-    card = card.with_version(version)
-    attach(card)
-    onnx.checker.check_model(model_proto)
-    onnx.save(model_proto, out)
-    return card
-
-
-def parity(model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray) -> dict:
-    """Compare onnxruntime against torch on the same preprocessed inputs."""
-    with torch.no_grad():
-        expected = model(torch.from_numpy(inputs)).numpy()
-    got = Encoder(onnx_path).embed_arrays(inputs)
-    max_abs = float(np.max(np.abs(got - expected)))
-    cosine = float(np.min(np.sum(got * expected, axis=1)))
-    return {"images": len(inputs), "max_abs_diff": max_abs, "min_cosine": cosine,
-            "ok": max_abs <= PARITY_MAX_ABS and cosine >= PARITY_MIN_COSINE}
-
-
-def export_onnx(checkpoint: str | Path, out: str | Path,
-                sample_images: Sequence[bytes] = ()) -> tuple[ModelCard, dict]:
-    """Export the encoder branch; fails (and writes nothing) if parity with torch is off."""
+    ``sample_images`` are encoded image bytes for the parity check (16-64 is plenty). Without
+    them, images of the folder the checkpoint was trained on are used if it still exists, and
+    only then random inputs (the report says which).
+    """
+    log = log or (lambda _message: None)
     model, meta = load_checkpoint(checkpoint)
     spec = meta["preprocessing"]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = out.with_name(f".{out.name}.staged")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "raw.onnx"
-            torch.onnx.export(model, (torch.zeros(2, *spec.shape),), str(raw),
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=OPSET, dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
-            proto = onnx.load(str(raw))
-        card = write_with_card(proto, card_from_checkpoint(meta), staged)
-        inputs, _, _ = preprocess_many(list(sample_images), spec)
-        if len(inputs) == 0:  # no real images given: random inputs still prove the graph
-            inputs = np.random.default_rng(0).standard_normal((8, *spec.shape)).astype(np.float32)
-        check = parity(model, staged, inputs)
-        if not check["ok"]:
-            raise ModelError(
-                f"parity check failed: max |onnxruntime - torch| = {check['max_abs_diff']:.2e} "
-                f"(limit {PARITY_MAX_ABS:g}), min cosine = {check['min_cosine']:.6f} "
-                f"(limit {PARITY_MIN_COSINE})")
-        os.replace(staged, out)
-    finally:
-        staged.unlink(missing_ok=True)
+    log(f"exporting {meta['encoder'].arch} encoder ({exporter} exporter, opset {opset})")
+    raw = torch_to_onnx(model, spec.shape, opset, exporter)
+    proto, applied = simplify(raw)
+
+    inputs, source = parity_inputs(list(sample_images) or training_samples(meta), spec)
+    check = check_parity(model, proto, inputs, max_abs, min_cosine)
+    check["inputs"] = source
+    if not check["ok"]:
+        raise ModelError(parity_failure(check, "images" if source == "images" else
+                                        "random inputs"))
+    log(f"parity on {check['images']} {source}: max |diff| {check['max_abs_diff']:.1e}, "
+        f"min cosine {check['min_cosine']:.7f}")
+
+    provenance = {"exporter": f"torch.onnx ({exporter})", "opset": opset_of(proto),
+                  "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": ort.__version__, "simplified": applied, "parity": check}
+    carded, card = with_card(proto, card_from_checkpoint(meta, provenance))
+    save_atomic(carded, out)
     return card, check
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))

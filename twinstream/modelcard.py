@@ -20,6 +20,7 @@ from twinstream.preprocess import Preprocessing
 PREFIX = "twinstream."
 CARD_SCHEMA = 1
 METRICS = ("cosine",)
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,12 @@ class ModelCard:
     training_data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
+    # Numeric precision of the graph's arithmetic: "fp32", or "int8" for a quantized (QDQ) model.
+    precision: str = "fp32"
+    # For int8: how it was calibrated and what it costs against its fp32 parent (cosine, accuracy).
+    quantization: dict[str, Any] = field(default_factory=dict)
+    # How the file was made: exporter, opset, library versions, source checkpoint, parity check.
+    provenance: dict[str, Any] = field(default_factory=dict)
     # Content hash of the model (graph + weights + the rest of the card): the model version.
     version: str = ""
     schema: int = CARD_SCHEMA
@@ -72,9 +79,21 @@ class ModelCard:
                 f"model card: embedding_dim must be positive, got {self.embedding_dim}")
         if self.metric not in METRICS:
             raise ModelError(f"model card: unsupported metric {self.metric!r} (known: {METRICS})")
+        if self.precision not in PRECISIONS:
+            raise ModelError(
+                f"model card: unknown precision {self.precision!r} (known: {PRECISIONS})")
 
     def with_version(self, version: str) -> ModelCard:
         return replace(self, version=version)
+
+    def semantics(self) -> dict[str, Any]:
+        """The fields that decide what an embedding means; part of the content hash (version).
+
+        Descriptive fields (thresholds, metrics, creation time) are left out, so exporting the same
+        weights twice gives the same version and an index built with one serves the other.
+        """
+        return {"embedding_dim": self.embedding_dim, "metric": self.metric,
+                "precision": self.precision, "preprocessing": self.preprocessing.to_dict()}
 
     def to_dict(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in

@@ -66,6 +66,12 @@ class ModelSettings:
                         flag="--model")
     threads: int = setting(0, "onnxruntime intra-op threads; 0 lets onnxruntime choose.",
                            flag="--threads")
+    inter_threads: int = setting(
+        1, "onnxruntime inter-op threads: operators run side by side when above 1 (the "
+        "encoders are chains of operators, so 1 is usually best).", flag="--inter-threads")
+    spin: bool = setting(
+        False, "Let onnxruntime's idle threads spin-wait for the next batch: a little lower "
+        "latency on a quiet machine, but CPU taken from everyone else on a shared one.")
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("TWINSTREAM_WORKER_MAX_WAIT_MS must be >= 0")
     if settings.model.threads < 0:
         raise ConfigError("TWINSTREAM_MODEL_THREADS must be >= 0")
+    if settings.model.inter_threads < 1:
+        raise ConfigError("TWINSTREAM_MODEL_INTER_THREADS must be >= 1")
     if not 0 < settings.api.port < 65536:
         raise ConfigError(f"TWINSTREAM_API_PORT must be 1-65535, got {settings.api.port}")
     for name, value in {"TWINSTREAM_API_MAX_UPLOAD_BYTES": settings.api.max_upload_bytes,
