@@ -186,6 +186,7 @@ def run_pool(settings: Settings, processes: int, idle_exit_s: float | None = Non
     """Start ``processes`` workers; SIGTERM/SIGINT stop them; returns the worst exit code.
 
     The counts each child reports when it ends are appended to ``results`` when given."""
+    configure(settings.worker.log_format, f"pool-{os.getpid()}", quiet)
     pool = WorkerPool(settings, processes, idle_exit_s, reindex, quiet).start()
 
     def on_signal(_signum, _frame):

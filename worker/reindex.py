@@ -17,6 +17,7 @@ itself, for a topic that receives nothing meanwhile (or for scripts and tests).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from twinstream.runtime import Encoder
 from twinstream.settings import Settings
 from worker.consumer import preflight
 from worker.kafka_io import make_admin
+from worker.logs import configure
 from worker.pool import WorkerPool, total
 from worker.status import reindex_group
 from worker.topics import end_offsets, group_offsets, partitions, reader
@@ -65,6 +67,7 @@ def run_reindex(settings: Settings, processes: int, exit_when_caught_up: bool = 
     target = _end_offsets(s)  # what "caught up" means: the topic as it is now
     records = sum(target.values())
 
+    configure(s.worker.log_format, f"reindex-{os.getpid()}", quiet)
     pool = WorkerPool(s, processes, reindex=True, quiet=quiet).start()
     previous = {sig: signal.signal(sig, lambda *_: pool.stop())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
