@@ -144,7 +144,10 @@ class Worker:
                                 reindex)
         ensure_topics(settings.kafka)
         self.dlq = make_producer(settings.kafka, client_id="twinstream-dlq", linger_ms=0)
-        self.consumer = make_consumer(settings.kafka)
+        # A fetch long-polls the broker up to fetch_max_wait_ms when there is nothing new; at
+        # Kafka's default (500 ms) that wait, not the work, would dominate latency at low rates.
+        self.consumer = make_consumer(settings.kafka,
+                                      fetch_max_wait_ms=max(10, min(500, cfg.max_wait_ms)))
         self.tracker = OffsetTracker()
         self.assigned: list[TopicPartition] = []
         self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
