@@ -83,8 +83,8 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
     lock = threading.Lock()
     seen: dict[str, str] = {}
 
-    def sent(path: Path, image_id: str, by_reference: bool):
-        def ok(_metadata) -> None:
+    def sent(by_reference: bool):
+        def ok(_metadata) -> None:  # runs in the producer's I/O thread
             with lock:
                 summary.published += 1
                 summary.by_reference += by_reference
@@ -119,7 +119,7 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
                 summary.failed[str(path)] = f"not published: {exc}"
                 continue
             summary.ids.append(msg.id)
-            future.add_callback(sent(path, msg.id, msg.uri is not None))
+            future.add_callback(sent(msg.uri is not None))
             future.add_errback(failed(path))
         producer.flush(timeout=SEND_TIMEOUT_S)
     finally:

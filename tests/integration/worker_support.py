@@ -15,6 +15,7 @@ from pathlib import Path
 from index.store import VectorIndex, connect
 from tests.imagegen import encode, gradient
 from twinstream.messages import ImageMessage, content_id
+from twinstream.settings import setting_specs
 from worker.kafka_io import ensure_topics, make_admin, make_producer
 from worker.topics import group_offsets, read_all
 
@@ -110,20 +111,10 @@ class ThreadWorker:
 
 
 def settings_env(settings) -> dict:
+    """The environment that gives a child process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
-    env.update({
-        "TWINSTREAM_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
-        "TWINSTREAM_KAFKA_TOPIC": settings.kafka.topic,
-        "TWINSTREAM_KAFKA_GROUP": settings.kafka.group,
-        "TWINSTREAM_KAFKA_PARTITIONS": str(settings.kafka.partitions),
-        "TWINSTREAM_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-        "TWINSTREAM_REDIS_URL": settings.redis.url,
-        "TWINSTREAM_REDIS_INDEX": settings.redis.index,
-        "TWINSTREAM_REDIS_QUANT": settings.redis.quant,
-        "TWINSTREAM_MODEL_PATH": settings.model.path,
-    })
-    for name, value in settings.worker.__dict__.items():
-        env[f"TWINSTREAM_WORKER_{name.upper()}"] = str(value)
+    for spec in setting_specs():
+        env[spec.env] = str(getattr(getattr(settings, spec.section), spec.name))
     return env
 
 
