@@ -28,10 +28,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
-
 from index.store import VectorIndex, connect
 from twinstream.errors import IndexMismatchError, ServiceUnavailable, TwinstreamError
 from twinstream.metrics import MetricsServer
@@ -49,13 +45,10 @@ from worker.kafka_io import ensure_topics, make_consumer, make_producer
 from worker.logs import event
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline
-from worker.tracker import OffsetTracker
+from worker.reader import Reader
 from worker.writer import Writer
 
 log = logging.getLogger("twinstream.worker")
-
-IDLE_POLL_MS = 200
-LAG_EVERY_S = 1.0
 
 
 class PipelineFailed(TwinstreamError):
@@ -146,10 +139,9 @@ class Worker:
         self.dlq = make_producer(settings.kafka, client_id="twinstream-dlq", linger_ms=0)
         # A fetch long-polls the broker up to fetch_max_wait_ms when there is nothing new; at
         # Kafka's default (500 ms) that wait, not the work, would dominate latency at low rates.
-        self.consumer = make_consumer(settings.kafka,
-                                      fetch_max_wait_ms=max(10, min(500, cfg.max_wait_ms)))
-        self.tracker = OffsetTracker()
-        self.assigned: list[TopicPartition] = []
+        self.reader = Reader(make_consumer(settings.kafka,
+                                           fetch_max_wait_ms=max(10, min(500, cfg.max_wait_ms))),
+                             cfg, self.metrics)
         self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
         self.pipeline = Pipeline(
             [self.decoder, Embedder(self.encoder),
@@ -163,15 +155,7 @@ class Worker:
         self.metrics_server = (MetricsServer(cfg.metrics_port, self.metrics.registry,
                                              self.health_report)
                                if cfg.metrics_port else None)
-        self._pending: list = []  # polled, not yet a batch
-        self._pending_since = 0.0
         self._seq = 0
-        self._paused = False
-        self._last_commit = 0.0
-        self._last_lag = 0.0
-        self._read_upto: dict[TopicPartition, int] = {}
-        # Last record (or assignment): idle time counts from there, not from before the join.
-        self._last_record: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -189,7 +173,7 @@ class Worker:
 
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
         """Process until stopped (or until nothing arrived for ``idle_exit_s`` seconds)."""
-        self.consumer.subscribe([self.settings.kafka.topic], listener=_Rebalance(self))
+        self.reader.subscribe(self.settings.kafka.topic, before_revoke=self._finish_in_flight)
         self.pipeline.start()
         self.heartbeat.start()
         if self.metrics_server is not None:
@@ -212,50 +196,33 @@ class Worker:
                 "restart it with the new model")
         if not clean:
             raise ServiceUnavailable(
-                f"stopped with {self.tracker.in_flight()} records not written (see the "
+                f"stopped with {self.reader.tracker.in_flight()} records not written (see the "
                 "warnings above); they were not committed and will be re-delivered")
         event(log, "worker stopped", **self.stats.to_dict())
         return self.stats
 
     def _loop(self, idle_exit_s: float | None) -> None:
-        cfg = self.settings.worker
+        reader = self.reader
         while not self.stop_event.is_set():
             self._check_pipeline()
             self._collect(timeout_s=0.0)
-            if not self.pipeline.has_room:
-                self._pause(True)
-                self.consumer.poll(timeout_ms=0)  # stays in the group, sees rebalances
-                self._collect(timeout_s=0.1)
-                continue
-            self._pause(False)
-            now = time.monotonic()
-            wait_ms = (max(1, int(cfg.max_wait_ms - (now - self._pending_since) * 1000))
-                       if self._pending else IDLE_POLL_MS)
-            polled = self.consumer.poll(timeout_ms=wait_ms,
-                                        max_records=cfg.batch - len(self._pending))
-            records = [r for rs in polled.values() for r in rs]
-            now = time.monotonic()
+            room = self.pipeline.has_room
+            records = reader.poll(room)
             if records:
-                if not self._pending:
-                    self._pending_since = now
-                self._pending.extend(records)
-                self._last_record = now
-                for r in records:
-                    self._read_upto[TopicPartition(r.topic, r.partition)] = r.offset + 1
-            if self._pending and (len(self._pending) >= cfg.batch
-                                  or now - self._pending_since >= cfg.max_wait_ms / 1000):
-                self._submit()
-            elif (idle_exit_s is not None and self._last_record is not None
-                  and not self._pending and self.pipeline.in_flight == 0
-                  and now - self._last_record > idle_exit_s):
+                self._submit(records)
+            elif not room:
+                self._collect(timeout_s=0.1)  # wait for the pipeline rather than spin
+            elif (idle_exit_s is not None and reader.last_record is not None
+                  and not reader.has_pending and self.pipeline.in_flight == 0
+                  and time.monotonic() - reader.last_record > idle_exit_s):
                 break
-            self._commit()
-            self._report_lag()
+            reader.commit()
+            reader.report_lag()
 
     def _drain(self, timeout_s: float) -> bool:
         """Write what is in flight and commit it; False if that did not finish in time."""
-        if self._pending:
-            self._submit()
+        if self.reader.has_pending:
+            self._submit(self.reader.take_pending())
         deadline = time.monotonic() + timeout_s
         while self.pipeline.in_flight and self.pipeline.error is None:
             if time.monotonic() > deadline or self.give_up.is_set():
@@ -265,9 +232,9 @@ class Worker:
                     self._collect(timeout_s=0.2)
                 break
             self._collect(timeout_s=0.1)
-        self._commit(force=True)
+        self.reader.commit(force=True)
         return self.pipeline.in_flight == 0 and self.pipeline.error is None \
-            and self.tracker.in_flight() == 0
+            and self.reader.tracker.in_flight() == 0
 
     def _close(self) -> None:
         self.pipeline.stop(timeout_s=5)
@@ -278,15 +245,14 @@ class Worker:
         try:
             self.dlq.close(timeout=10)
         finally:
-            self.consumer.close(autocommit=False, timeout_ms=10_000)  # leave the group now
+            self.reader.close()
 
     # --- reading and committing ----------------------------------------------------------------
 
-    def _submit(self) -> None:
-        records, self._pending = self._pending, []
+    def _submit(self, records: list) -> None:
         self._seq += 1
-        batch = Batch(self._seq, [Item(r) for r in records], generation=self.tracker.generation)
-        self.tracker.read(records)
+        batch = Batch(self._seq, [Item(r) for r in records],
+                      generation=self.reader.tracker.generation)
         self.metrics.batch_size.observe(len(records))
         self.pipeline.submit(batch)
         self.metrics.in_flight.set(self.pipeline.in_flight)
@@ -294,7 +260,7 @@ class Worker:
     def _collect(self, timeout_s: float) -> None:
         for batch in self.pipeline.finished(timeout_s):
             if batch.written:
-                self.tracker.finished(batch.records, batch.generation)
+                self.reader.finished(batch)
                 self.stats.add(batch)
                 self._count(batch)
         self.metrics.in_flight.set(self.pipeline.in_flight)
@@ -311,84 +277,26 @@ class Worker:
             else:
                 self.metrics.records.labels("deleted" if item.is_tombstone else "indexed").inc()
 
-    def _commit(self, force: bool = False) -> None:
-        offsets = self.tracker.to_commit()
-        if not offsets:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_commit < self.settings.worker.commit_interval_ms / 1e3:
-            return
-        try:
-            self.consumer.commit({tp: OffsetAndMetadata(pos, "", -1)
-                                  for tp, pos in offsets.items()})
-        except (CommitFailedError, KafkaError) as exc:
-            # Partitions moved: their new owner replays from the last commit; upserts are
-            # idempotent, so nothing is lost and nothing is doubled.
-            event(log, "commit failed; records will be re-delivered", logging.WARNING,
-                  error=str(exc)[:200])
-            return
-        self.tracker.committed(offsets)
-        self._last_commit = now
-        self.metrics.committed()
-
-    def _pause(self, paused: bool) -> None:
-        if paused != self._paused or (paused and not self.consumer.paused()):
-            assignment = list(self.consumer.assignment())
-            if paused:
-                self.consumer.pause(*assignment)
-            else:
-                self.consumer.resume(*assignment)
-            self._paused = paused
-
-    def _report_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._last_lag < LAG_EVERY_S:
-            return
-        self._last_lag = now
-        for tp in self.assigned:
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            position = self.tracker.position(tp) or self._read_upto.get(tp)
-            if position is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
-
     def _check_pipeline(self) -> None:
         if self.pipeline.error is not None:
             exc = self.pipeline.error
             raise PipelineFailed(f"worker step failed: {type(exc).__name__}: {exc}") from exc
 
-    # --- rebalances ----------------------------------------------------------------------------
-
-    def on_revoked(self, revoked) -> None:
-        """Before partitions move: write and commit what is in flight (bounded), then forget."""
-        self._pending = []  # polled but not started: the next owner reads them again
-        if self.pipeline.in_flight:
-            bound = min(self.settings.worker.shutdown_timeout_s,
-                        self.settings.kafka.session_timeout_ms / 2000)
-            deadline = time.monotonic() + bound
-            while self.pipeline.in_flight and time.monotonic() < deadline \
-                    and self.pipeline.error is None:
-                self._collect(timeout_s=0.1)
-        self._commit(force=True)
-        self.tracker.reset()
-        self.metrics.lag.clear()
-        self.assigned = []
-
-    def on_assigned(self, assigned) -> None:
-        self.tracker.reset()
-        self._paused = False
-        self._read_upto.clear()
-        self.assigned = sorted(assigned)
-        self._last_record = time.monotonic()
-        event(log, "partitions assigned",
-              partitions=",".join(str(tp.partition) for tp in self.assigned) or "none")
+    def _finish_in_flight(self) -> None:
+        """Partitions are about to move: let the pipeline write what it holds (bounded), so that
+        it is committed now rather than re-done by the next owner."""
+        bound = min(self.settings.worker.shutdown_timeout_s,
+                    self.settings.kafka.session_timeout_ms / 2000)
+        deadline = time.monotonic() + bound
+        while self.pipeline.in_flight and time.monotonic() < deadline \
+                and self.pipeline.error is None:
+            self._collect(timeout_s=0.1)
 
     # --- reporting -----------------------------------------------------------------------------
 
     def health_report(self) -> dict:
         return {**self.health.snapshot(), "worker": self.worker_id,
-                "partitions": [tp.partition for tp in self.assigned],
+                "partitions": [tp.partition for tp in self.reader.assigned],
                 "in_flight_batches": self.pipeline.in_flight, "records": self.stats.to_dict()}
 
     def describe(self) -> dict:
@@ -397,7 +305,7 @@ class Worker:
                 "group": self.settings.kafka.group, "topic": self.settings.kafka.topic,
                 "index": self.index.info.name, "version": self.index.info.version,
                 "mode": "reindex" if self.reindex else "live",
-                "partitions": [tp.partition for tp in self.assigned],
+                "partitions": [tp.partition for tp in self.reader.assigned],
                 "health": self.health.snapshot(), "records": self.stats.to_dict(),
                 "started_at": self.started_at, "seen_at": time.time()}
 
@@ -411,14 +319,3 @@ class Worker:
             event(log, "index promoted to another model version; stopping", logging.ERROR,
                   live=live, mine=self.index.info.version)
             self.stop_event.set()
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: Worker):
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked) -> None:
-        self.worker.on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned) -> None:
-        self.worker.on_assigned(assigned)
