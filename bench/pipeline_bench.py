@@ -5,7 +5,8 @@ Measured side by side in one run, on the same machine and the same model and bat
 - raw onnxruntime throughput: ``Encoder.embed_arrays`` on preprocessed batches (the ceiling);
 - end-to-end images/s with 1 and 2 worker processes: records already in the topic, rate between
   10 % and 90 % of them indexed (steady state, without the group join and the tail);
-  pipeline efficiency = end-to-end / raw;
+  pipeline efficiency = end-to-end / raw, raw being the mean of the raw runs just before and
+  just after that end-to-end run (the machine's load drifts; this keeps both sides comparable);
 - the worker's resident memory (RSS) along 10,000 images: it should stay flat;
 - publish -> queryable latency at a steady moderate rate: the time from ``send`` to the id
   answering ``VISMEMBER`` in Redis, p50/p90/p99.
@@ -88,9 +89,10 @@ def make_images(n: int, seed: int) -> list[bytes]:
 
 # --- measurements ------------------------------------------------------------------------------
 
-def raw_throughput(model: Path, images: list[bytes], batch: int, seconds: float) -> float:
+def raw_throughput(model: Path, images: list[bytes], batch: int, seconds: float,
+                   threads: int = 0) -> float:
     """onnxruntime alone: preprocessed batches in, embeddings out (images/s)."""
-    encoder = Encoder(model)
+    encoder = Encoder(model, threads=threads)
     arrays = np.stack([preprocess_bytes(b, encoder.card.preprocessing) for b in images[:batch]])
     encoder.embed_arrays(arrays)  # warm-up
     done, started = 0, time.perf_counter()
@@ -124,7 +126,8 @@ def environment(settings) -> dict:
                 "TWINSTREAM_REDIS_URL": settings.redis.url,
                 "TWINSTREAM_REDIS_INDEX": settings.redis.index,
                 "TWINSTREAM_MODEL_PATH": settings.model.path,
-                "TWINSTREAM_WORKER_BATCH": str(settings.worker.batch)})
+                "TWINSTREAM_WORKER_BATCH": str(settings.worker.batch),
+                "TWINSTREAM_MODEL_THREADS": str(settings.model.threads)})
     return env
 
 
@@ -269,15 +272,18 @@ def latency(settings, images: list[bytes], rate: float) -> dict:
 # --- report ------------------------------------------------------------------------------------
 
 def table(r: dict) -> str:
-    raw = r["raw_images_per_s"]
     rows = [
         "| measurement | value |",
         "| --- | --- |",
-        f"| raw onnxruntime, batch {r['batch']} (images/s) | {raw:.0f} |",
+        f"| raw onnxruntime, batch {r['batch']}, default threads (images/s) | "
+        f"{r['raw_images_per_s']:.0f} (measured {', '.join(f'{x:.0f}' for x in r['raw_runs'])}) |",
+        f"| raw onnxruntime, batch {r['batch']}, 1 thread (images/s) | "
+        f"{r['raw_one_thread_images_per_s']:.0f} |",
     ]
     for e in r["end_to_end"]:
         rows.append(f"| end to end, {e['processes']} process(es) (images/s) | "
-                    f"{e['images_per_s']:.0f} (efficiency {e['images_per_s'] / raw:.2f}) |")
+                    f"{e['images_per_s']:.0f} (efficiency {e['efficiency']:.2f} against the "
+                    f"raw runs just before and after: {e['raw_around']:.0f}) |")
     rss = r["end_to_end"][0]["rss_mb"]
     if rss:
         points = ", ".join(f"{mb:.0f} MB @ {n:,}" for n, mb in rss[:: max(1, len(rss) // 5)])
@@ -316,10 +322,14 @@ def main() -> None:
         images = make_images(args.images + args.images_two, seed=7)
         one, two = images[:args.images], images[args.images:]
 
-        log("raw onnxruntime throughput")
-        raw = raw_throughput(model, one, args.batch, args.raw_seconds)
+        def raw(threads: int = 0) -> float:
+            log(f"raw onnxruntime throughput ({threads or 'default'} threads)")
+            return raw_throughput(model, one, args.batch, args.raw_seconds, threads)
+
         card = Encoder(model).card
         base = load_settings({})
+        raws = [raw()]
+        raw_one_thread = raw(1)
         with LocalStack(workdir=workdir / "stack") as stack:
             s = with_services(base, stack)
             s = replace(s, model=replace(s.model, path=str(model)),
@@ -330,30 +340,36 @@ def main() -> None:
                                                 group=f"bench-{tag}"),
                                redis=replace(s.redis, index=f"bench-{tag}"))
 
+            # Each end-to-end run sits between two raw runs; its efficiency uses their mean, so
+            # that a neighbour's load on the shared machine weighs on both sides of the ratio.
             results = []
             log(f"end to end, 1 process, {len(one):,} images (RSS sampled)")
             results.append(end_to_end(named("one"), one, 1, rss_every=1000))
+            raws.append(raw())
             log(f"end to end, 2 processes, {len(two):,} images")
             results.append(end_to_end(named("two"), two, 2))
+            raws.append(raw())
+            for i, e in enumerate(results):
+                e["raw_around"] = round((raws[i] + raws[i + 1]) / 2, 1)
+                e["efficiency"] = round(e["images_per_s"] / e["raw_around"], 3)
             rate = args.rate or max(5.0, round(results[0]["images_per_s"] / 4))
             late = make_images(int(rate * args.latency_seconds), seed=8)
             log(f"latency at {rate:.0f} images/s for {args.latency_seconds:.0f} s")
             lat = latency(named("latency"), late, rate)
-            raw_again = raw_throughput(model, one, args.batch, args.raw_seconds / 2)
 
     report = {
         "model": {"arch": card.architecture.get("arch", "?"), "version": card.version,
                   "input": list(card.preprocessing.shape), "dim": card.embedding_dim},
         "batch": args.batch,
-        "raw_images_per_s": round((raw + raw_again) / 2, 1),
-        "raw_before_after": [round(raw, 1), round(raw_again, 1)],
+        "raw_images_per_s": round(statistics.fmean(raws), 1),
+        "raw_runs": [round(x, 1) for x in raws],
+        "raw_one_thread_images_per_s": round(raw_one_thread, 1),
         "end_to_end": results,
         "latency": lat,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "note": "shared machine; numbers are noisy, read the ratios"},
     }
-    report["efficiency_one_process"] = round(results[0]["images_per_s"]
-                                             / report["raw_images_per_s"], 3)
+    report["efficiency_one_process"] = results[0]["efficiency"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
