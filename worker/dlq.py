@@ -16,6 +16,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
+from twinstream.errors import ServiceUnavailable
 from twinstream.settings import KafkaSettings
 from worker.batch import Item
 from worker.kafka_io import make_consumer, make_producer
@@ -164,8 +165,6 @@ def replay(settings: KafkaSettings, ids: Iterable[str] = (), dry_run: bool = Fal
             consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
         return summary
     except KafkaError as exc:
-        from twinstream.errors import ServiceUnavailable
-
         raise ServiceUnavailable(f"replaying dead letters failed: {exc}") from None
     finally:
         consumer.close(autocommit=False)

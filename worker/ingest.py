@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from twinstream.errors import InputError
+from twinstream.errors import InputError, ServiceUnavailable
 from twinstream.messages import ImageMessage, check_id, now_ms
 from twinstream.settings import KafkaSettings
 from worker.kafka_io import ensure_topics, make_producer
@@ -147,8 +147,6 @@ def delete_ids(settings: KafkaSettings, ids: Iterable[str]) -> int:
         for future in futures:
             future.get(timeout=SEND_TIMEOUT_S)
     except KafkaError as exc:
-        from twinstream.errors import ServiceUnavailable
-
         raise ServiceUnavailable(f"could not publish the tombstones: {exc}") from None
     finally:
         producer.close(timeout=10)
