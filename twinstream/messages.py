@@ -24,6 +24,10 @@ H_PRODUCED_AT = "produced-at"
 H_URI = "uri"
 
 MAX_ID_BYTES = 512
+# Bounds on what a hostile producer can make a worker parse or store with every element.
+MAX_ATTRIBUTES_BYTES = 16_384
+MAX_CONTENT_TYPE_BYTES = 255
+MAX_URI_BYTES = 4096
 
 
 class MessageError(InputError):
@@ -61,30 +65,72 @@ class ImageMessage:
 
     @classmethod
     def from_record(cls, key: bytes | None, value: bytes | None,
-                    headers: Iterable[tuple[str, bytes]] | None) -> ImageMessage:
-        """Parse a consumed record; raises ``MessageError`` saying what is wrong with it."""
+                    headers: Iterable[tuple[str, bytes | None]] | None) -> ImageMessage:
+        """Parse a consumed record; raises ``MessageError`` saying what is wrong with it.
+
+        Everything here may come from a hostile producer: sizes are bounded, text must be UTF-8,
+        and no input makes it raise anything but ``MessageError``.
+        """
         if not key:
             raise MessageError("record has no key (the image id)")
-        try:
-            image_id = key.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageError(f"record key is not UTF-8: {key[:40]!r}") from None
+        if len(key) > MAX_ID_BYTES:
+            raise MessageError(f"record key is {len(key)} bytes, above {MAX_ID_BYTES}")
+        image_id = _text(key, "record key")
         check_id(image_id, MessageError)
-        h = {name: raw for name, raw in (headers or [])}
-        try:
-            attributes = json.loads(h[H_ATTRIBUTES]) if h.get(H_ATTRIBUTES) else {}
-        except ValueError as exc:
-            raise MessageError(f"attributes header is not JSON: {exc}") from None
-        if not isinstance(attributes, dict):
-            raise MessageError("attributes header must be a JSON object")
-        try:
-            produced_at = int(h.get(H_PRODUCED_AT) or 0)
-        except ValueError:
-            raise MessageError("produced-at header is not an integer") from None
-        uri = h[H_URI].decode("utf-8", "replace") if h.get(H_URI) else None
-        return cls(id=image_id, data=value,
-                   content_type=(h.get(H_CONTENT_TYPE) or b"").decode("utf-8", "replace"),
+        h = _headers(headers)
+        attributes = _attributes(h.get(H_ATTRIBUTES))
+        produced_at = _produced_at(h.get(H_PRODUCED_AT))
+        uri = _text(h[H_URI], "uri header", MAX_URI_BYTES) if h.get(H_URI) else None
+        content_type = _text(h.get(H_CONTENT_TYPE) or b"", "content-type header",
+                             MAX_CONTENT_TYPE_BYTES)
+        return cls(id=image_id, data=value, content_type=content_type,
                    attributes=attributes, uri=uri, produced_at_ms=produced_at)
+
+
+def _headers(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name, raw in headers or []:
+        if raw is None:
+            continue  # a header without a value says nothing
+        if not isinstance(raw, (bytes, bytearray)):
+            raise MessageError(f"header {name!r} is not bytes")
+        out[name] = bytes(raw)  # the last of repeated headers wins, as in most Kafka clients
+    return out
+
+
+def _text(raw: bytes, what: str, max_bytes: int | None = None) -> str:
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise MessageError(f"{what} is {len(raw)} bytes, above {max_bytes}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MessageError(f"{what} is not UTF-8: {raw[:40]!r}") from None
+
+
+def _attributes(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    if len(raw) > MAX_ATTRIBUTES_BYTES:
+        raise MessageError(f"attributes header is {len(raw)} bytes, above {MAX_ATTRIBUTES_BYTES}")
+    try:
+        attributes = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise MessageError(f"attributes header is not JSON: {str(exc)[:100]}") from None
+    if not isinstance(attributes, dict):
+        raise MessageError("attributes header must be a JSON object")
+    return attributes
+
+
+def _produced_at(raw: bytes | None) -> int:
+    if not raw:
+        return 0
+    try:
+        value = int(raw[:32])
+    except ValueError:
+        raise MessageError("produced-at header is not an integer") from None
+    if not 0 <= value < 2**63 or len(raw) > 32:
+        raise MessageError("produced-at header is out of range")
+    return value
 
 
 def check_id(image_id: str, error: type[InputError] = InputError) -> None:

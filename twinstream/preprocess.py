@@ -10,6 +10,7 @@ Decoding is defensive because the worker meets hostile input: every failure is a
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Sequence
@@ -82,37 +83,70 @@ class Preprocessing:
         return cls(**known)
 
 
+# Formats a worker opens. Anything else (EPS, PDF, PSD, ...) is refused before a plugin parses it:
+# EPS would even start Ghostscript. Pillow's TIFF reader covers multi-page scans; MPO is how
+# Pillow names JPEGs with more than one picture (phone cameras write them).
+ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF", "PPM", "ICO", "AVIF")
+
+# Pillow only *warns* between its pixel limit and twice that limit; make it refuse at the limit.
+# A module-level filter, not ``catch_warnings``: that one is not thread-safe, and workers decode
+# in threads.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb limit the same as ours (it is process-wide)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode bytes into an upright RGB or L image (first frame, EXIF rotation applied)."""
+    """Decode bytes into an upright RGB, RGBA or L image (first frame, EXIF rotation applied)."""
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
-    with warnings.catch_warnings():
-        # Pillow only *warns* between its limit and twice its limit; we want no such middle ground.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageDecodeError(
-                f"not an image Pillow can read ({len(data)} bytes starting {data[:8]!r})") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
-        except Exception as exc:  # Pillow raises many types for broken headers
-            raise ImageDecodeError(f"unreadable image header: {exc}") from None
-        pixels = img.width * img.height
-        if pixels > max_pixels:
-            raise ImageDecodeError(
-                f"image is {img.width}x{img.height} = {pixels:,} pixels, above the limit of "
-                f"{max_pixels:,} (decompression-bomb guard, TWINSTREAM_WORKER_MAX_IMAGE_PIXELS)")
-        try:
-            img.seek(0)  # animated GIF/WebP/APNG: the first frame represents the image
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb_or_l(img)
-        except ImageDecodeError:
-            raise
-        except Exception as exc:
-            kind = img.format or "image"
-            raise ImageDecodeError(f"truncated or corrupt {kind} data: {exc}") from None
+    try:
+        img = Image.open(io.BytesIO(data), formats=_formats())
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"not an image of a supported format ({len(data)} bytes starting "
+            f"{data[:8]!r}; supported: {', '.join(_formats())})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+    except Exception as exc:  # Pillow raises many types for broken headers
+        raise ImageDecodeError(f"unreadable image header: {_short(exc)}") from None
+    pixels = img.width * img.height
+    if pixels > max_pixels or pixels == 0:
+        img.close()
+        if pixels == 0:
+            raise ImageDecodeError(f"image has no pixels ({img.width}x{img.height})")
+        raise ImageDecodeError(
+            f"image is {img.width}x{img.height} = {pixels:,} pixels, above the limit of "
+            f"{max_pixels:,} (decompression-bomb guard, TWINSTREAM_WORKER_MAX_IMAGE_PIXELS)")
+    kind = img.format or "image"
+    try:
+        img.seek(0)  # animated GIF/WebP/APNG: the first frame represents the image
+        img.load()
+    except Exception as exc:  # MemoryError included: a hostile file must not end the worker
+        raise ImageDecodeError(f"truncated or corrupt {kind} data: {_short(exc)}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:
+        pass  # a damaged EXIF block is no reason to lose the picture: keep it as stored
+    try:
+        return _to_rgb_or_l(img)
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot convert {kind} mode {img.mode} to RGB: "
+                               f"{_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one short line (Pillow messages can embed whole chunks of data)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _to_rgb_or_l(img: Image.Image) -> Image.Image:
@@ -151,15 +185,27 @@ def image_to_array(img: Image.Image, spec: Preprocessing) -> np.ndarray:
         img = ImageOps.pad(img, (spec.width, spec.height), method=resample, color=fill)
     elif img.size != (spec.width, spec.height):
         img = img.resize((spec.width, spec.height), resample=resample)
-    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-    if spec.invert:
-        arr = 1.0 - arr
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    arr = (arr - mean) / std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    pixels = np.asarray(img)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    # ((x / 255, or 1 - x / 255 when inverting) - mean) / std as one multiply-add per value,
+    # written straight into the [C, H, W] layout: this runs for every image a worker embeds.
+    scale, offset = _affine(spec)
+    out = np.empty((pixels.shape[2], pixels.shape[0], pixels.shape[1]), dtype=np.float32)
+    np.multiply(pixels.transpose(2, 0, 1), scale, out=out, dtype=np.float32)
+    out += offset
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _affine(spec: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.asarray(spec.mean, dtype=np.float64)
+    std = np.asarray(spec.std, dtype=np.float64)
+    if spec.invert:  # (1 - x/255 - mean) / std
+        scale, offset = -1.0 / (255.0 * std), (1.0 - mean) / std
+    else:  # (x/255 - mean) / std
+        scale, offset = 1.0 / (255.0 * std), -mean / std
+    return (scale.astype(np.float32)[:, None, None], offset.astype(np.float32)[:, None, None])
 
 
 def preprocess_bytes(data: bytes, spec: Preprocessing,

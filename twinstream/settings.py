@@ -23,6 +23,7 @@ from twinstream.errors import ConfigError
 
 ENV_PREFIX = "TWINSTREAM_"
 QUANTIZATIONS = ("q8", "noquant", "bin")
+LOG_FORMATS = ("text", "json")
 
 
 def setting(default: Any, help: str, flag: str | None = None) -> Any:
@@ -42,6 +43,10 @@ class KafkaSettings:
         flag="--partitions")
     session_timeout_ms: int = setting(
         10000, "Consumer session timeout; a dead worker's partitions move after this long.")
+    inline_max_bytes: int = setting(
+        900_000, "Largest image ingest puts inside a record; a larger file is sent by reference "
+        "(empty value, a `uri` header naming its path on a volume the workers share).",
+        flag="--inline-max-bytes")
 
     @property
     def dlq_topic(self) -> str:
@@ -80,10 +85,35 @@ class WorkerSettings:
     max_wait_ms: int = setting(
         50, "Longest a partial batch waits for more records before it is embedded.",
         flag="--max-wait-ms")
-    processes: int = setting(1, "Worker processes (consumers in the group).", flag="--processes")
+    processes: int = setting(
+        0, "Worker processes (consumers in the group); 0 = one per CPU core.",
+        flag="--processes")
+    decode_threads: int = setting(
+        2, "Threads per worker that decode and preprocess images (Pillow releases the GIL).",
+        flag="--decode-threads")
+    max_in_flight: int = setting(
+        3, "Batches a worker holds between polling and committing (decoding, embedding, "
+        "writing); bounds its memory and its replay after a crash.")
     max_image_pixels: int = setting(
         40_000_000, "Largest image (width x height) a worker decodes; larger ones are dead "
-        "letters, which guards against decompression bombs.")
+        "letters, which guards against decompression bombs (also Pillow's own limit).")
+    max_image_bytes: int = setting(
+        20_000_000, "Largest encoded image a worker accepts, inline or by `uri`; larger records "
+        "are dead letters.")
+    uri_roots: str = setting(
+        "", "Folders (separated by ':') that a record's `uri` may point into; empty: any "
+        "absolute local path. Set it to the shared volume in production.")
+    commit_interval_ms: int = setting(
+        500, "Shortest time between two offset commits of a worker (it commits only what is "
+        "written).")
+    shutdown_timeout_s: float = setting(
+        30.0, "On SIGTERM/SIGINT: longest a worker spends writing its in-flight batches before "
+        "it exits without committing them.")
+    metrics_port: int = setting(
+        0, "Port of a worker's Prometheus /metrics and /health endpoint (process i of a pool "
+        "uses port + i); 0: off.", flag="--metrics-port")
+    log_format: str = setting("text", "Worker log lines: text or json (one object a line).",
+                              flag="--log-format")
 
 
 @dataclass(frozen=True)
@@ -209,9 +239,13 @@ def load_settings(environ: Mapping[str, str] | None = None,
 def _validate(settings: Settings) -> None:
     positive = {
         "TWINSTREAM_KAFKA_PARTITIONS": settings.kafka.partitions,
+        "TWINSTREAM_KAFKA_INLINE_MAX_BYTES": settings.kafka.inline_max_bytes,
         "TWINSTREAM_WORKER_BATCH": settings.worker.batch,
-        "TWINSTREAM_WORKER_PROCESSES": settings.worker.processes,
+        "TWINSTREAM_WORKER_DECODE_THREADS": settings.worker.decode_threads,
+        "TWINSTREAM_WORKER_MAX_IN_FLIGHT": settings.worker.max_in_flight,
         "TWINSTREAM_WORKER_MAX_IMAGE_PIXELS": settings.worker.max_image_pixels,
+        "TWINSTREAM_WORKER_MAX_IMAGE_BYTES": settings.worker.max_image_bytes,
+        "TWINSTREAM_WORKER_SHUTDOWN_TIMEOUT_S": settings.worker.shutdown_timeout_s,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -219,8 +253,20 @@ def _validate(settings: Settings) -> None:
     if settings.redis.quant not in QUANTIZATIONS:
         raise ConfigError(f"TWINSTREAM_REDIS_QUANT must be one of {', '.join(QUANTIZATIONS)}, "
                           f"got {settings.redis.quant!r}")
-    if settings.worker.max_wait_ms < 0:
-        raise ConfigError("TWINSTREAM_WORKER_MAX_WAIT_MS must be >= 0")
+    non_negative = {
+        "TWINSTREAM_WORKER_MAX_WAIT_MS": settings.worker.max_wait_ms,
+        "TWINSTREAM_WORKER_PROCESSES": settings.worker.processes,
+        "TWINSTREAM_WORKER_COMMIT_INTERVAL_MS": settings.worker.commit_interval_ms,
+    }
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")
+    if not 0 <= settings.worker.metrics_port <= 65535:
+        raise ConfigError(f"TWINSTREAM_WORKER_METRICS_PORT must be a port number (0: off), "
+                          f"got {settings.worker.metrics_port}")
+    if settings.worker.log_format not in LOG_FORMATS:
+        raise ConfigError(f"TWINSTREAM_WORKER_LOG_FORMAT must be one of "
+                          f"{', '.join(LOG_FORMATS)}, got {settings.worker.log_format!r}")
     if settings.model.threads < 0:
         raise ConfigError("TWINSTREAM_MODEL_THREADS must be >= 0")
     if settings.model.inter_threads < 1:

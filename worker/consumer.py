@@ -1,8 +1,21 @@
-"""The worker: consume image records, embed them in batches, upsert into Redis, then commit.
+"""The worker: read image records, embed them in micro-batches, write them to Redis, commit.
 
-At-least-once: a partition's offset is committed only after every record up to it is in the index
-(or, for what cannot be embedded, in the dead-letter topic). Upserts are idempotent per id, so a
-replay after a crash leaves the index as if each image had been processed once.
+    reader (this thread: poll, micro-batch, commit)
+      -> decoder (thread + small pool) -> embedder (thread, one onnxruntime call per batch)
+      -> writer (thread: Redis + dead letters, retried) -> back here, committed
+
+At-least-once: a partition's offset is committed only up to the last record of an unbroken run of
+records that are in Redis or in the dead-letter topic (``OffsetTracker``). Upserts are idempotent
+per id, so a replay after a crash leaves the index as if each image had been processed once.
+
+Bounded: at most ``worker.max_in_flight`` batches between polling and committing; when they are
+all busy (Redis down, say) the partitions are paused and polling goes on only to stay in the
+group. SIGTERM/SIGINT: stop polling, write what is in flight, commit, leave the group, exit; a
+second signal gives up on unwritten batches at once (they are not committed, so re-delivered).
+
+Known limit: when a rebalance happens while Redis is down, a batch this worker could not write in
+time may still be written after the partition moved; for an id whose image and tombstone then
+race, the last write wins.
 """
 
 from __future__ import annotations
@@ -15,147 +28,294 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
-from PIL import Image
-
 from index.store import VectorIndex, connect
-from twinstream.errors import ImageDecodeError
-from twinstream.messages import ImageMessage, MessageError
-from twinstream.preprocess import decode_image
+from twinstream.errors import IndexMismatchError, ServiceUnavailable, TwinstreamError
+from twinstream.metrics import MetricsServer
+from twinstream.modelcard import ModelCard
+from twinstream.preprocess import set_pixel_limit
 from twinstream.runtime import Encoder
 from twinstream.settings import Settings
-from twinstream.thumbnails import make_thumbnail
+from worker.batch import Batch, Item
+from worker.decoder import Decoder
+from worker.dlq import DeadLetterSender
+from worker.embedder import Embedder
+from worker.health import Health
+from worker.heartbeat import Heartbeat, heartbeat_key
 from worker.kafka_io import ensure_topics, make_consumer, make_producer
+from worker.logs import event
+from worker.metrics import WorkerMetrics
+from worker.pipeline import Pipeline
+from worker.reader import Reader
+from worker.writer import Writer
 
 log = logging.getLogger("twinstream.worker")
 
 
+class PipelineFailed(TwinstreamError):
+    """A pipeline step raised: a bug, reported as such; the batch is not committed."""
+
+    exit_code = 70
+
+
 @dataclass
 class WorkerStats:
-    upserted: int = 0
+    records: int = 0
+    indexed: int = 0
     deleted: int = 0
     dead_lettered: int = 0
     batches: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"embed": 0.0, "write": 0.0})
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"decode": 0.0, "embed": 0.0, "write": 0.0})
+
+    def add(self, batch: Batch) -> None:
+        self.batches += 1
+        for item in batch.items:
+            self.records += 1
+            if item.failure is not None:
+                self.dead_lettered += 1
+            elif item.is_tombstone:
+                self.deleted += 1
+            else:
+                self.indexed += 1
+        for step, s in batch.seconds.items():
+            self.seconds[step] = self.seconds.get(step, 0.0) + s
 
     def to_dict(self) -> dict:
-        return {"upserted": self.upserted, "deleted": self.deleted,
+        return {"records": self.records, "indexed": self.indexed, "deleted": self.deleted,
                 "dead_lettered": self.dead_lettered, "batches": self.batches,
-                "seconds": self.seconds}
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def open_index(client, settings: Settings, card: ModelCard, reindex: bool) -> VectorIndex:
+    """The index version of ``card``'s model, after the model-version guard.
+
+    A worker writes only into the live version of its index; a re-index worker writes into its
+    own model's version while another one is live (``twinstream reindex``).
+    """
+    name = settings.redis.index
+    live = VectorIndex.live_version(client, name)
+    if live is not None and live != card.version and not reindex:
+        raise IndexMismatchError(
+            f"index {name!r} is live on model version {live}, but this worker's model is "
+            f"{card.version}: run the worker with the model that built the index, or re-embed "
+            f"with 'twinstream reindex --model NEW.onnx' and then "
+            f"'twinstream index promote {card.version}'")
+    return VectorIndex.for_model(client, name, card, settings.redis.quant)
+
+
+def preflight(settings: Settings, reindex: bool = False) -> ModelCard:
+    """Everything a worker needs, checked once with clear errors (used before forking a pool)."""
+    encoder = Encoder(settings.model.path, threads=1)
+    open_index(connect(settings.redis.url), settings, encoder.card, reindex)
+    ensure_topics(settings.kafka)
+    return encoder.card
 
 
 class Worker:
-    def __init__(self, settings: Settings, worker_id: str | None = None):
+    def __init__(self, settings: Settings, worker_id: str | None = None, *,
+                 reindex: bool = False):
         self.settings = settings
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.encoder = Encoder(settings.model.path, threads=settings.model.threads,
-                               max_pixels=settings.worker.max_image_pixels)
-        self.index = VectorIndex.for_model(connect(settings.redis.url), settings.redis.index,
-                                           self.encoder.card, settings.redis.quant)
-        ensure_topics(settings.kafka)
-        self.consumer = make_consumer(settings.kafka)
-        self.consumer.subscribe([settings.kafka.topic])
-        self.dlq = make_producer(settings.kafka)
-        self.stop_event = threading.Event()
+        cfg = settings.worker
+        self.worker_id = worker_id or default_worker_id()
+        self.reindex = reindex
+        self.health = Health()
+        self.metrics = WorkerMetrics()
         self.stats = WorkerStats()
+        self.stop_event = threading.Event()
+        self.give_up = threading.Event()
+        self.superseded_by: str | None = None
+        self.started_at = time.time()
+        set_pixel_limit(cfg.max_image_pixels)
 
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+        self.encoder = Encoder(settings.model.path, threads=settings.model.threads,
+                               max_pixels=cfg.max_image_pixels)
+        self.index = open_index(connect(settings.redis.url), settings, self.encoder.card,
+                                reindex)
+        ensure_topics(settings.kafka)
+        self.dlq = make_producer(settings.kafka, client_id="twinstream-dlq", linger_ms=0)
+        # A fetch long-polls the broker up to fetch_max_wait_ms when there is nothing new; at
+        # Kafka's default (500 ms) that wait, not the work, would dominate latency at low rates.
+        self.reader = Reader(make_consumer(settings.kafka,
+                                           fetch_max_wait_ms=max(10, min(500, cfg.max_wait_ms))),
+                             cfg, self.metrics)
+        self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
+        self.pipeline = Pipeline(
+            [self.decoder, Embedder(self.encoder),
+             Writer(self.index, DeadLetterSender(self.dlq, settings.kafka.dlq_topic,
+                                                 self.worker_id),
+                    self.encoder.version, self.health, self.metrics, self.give_up)],
+            capacity=cfg.max_in_flight, observe=self.metrics.observe_step)
+        self.heartbeat = Heartbeat(self.index.client,
+                                   heartbeat_key(settings.kafka.group, self.worker_id),
+                                   self.describe, on_beat=self._check_still_live)
+        self.metrics_server = (MetricsServer(cfg.metrics_port, self.metrics.registry,
+                                             self.health_report)
+                               if cfg.metrics_port else None)
+        self._seq = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def install_signal_handlers(self, signals=(signal.SIGTERM, signal.SIGINT)) -> None:
+        for sig in signals:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.stop_event.is_set():
+            self.give_up.set()  # second signal: do not wait for Redis any longer
+        self.stop_event.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
 
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
         """Process until stopped (or until nothing arrived for ``idle_exit_s`` seconds)."""
-        cfg = self.settings.worker
-        last_record = time.monotonic()
+        self.reader.subscribe(self.settings.kafka.topic, before_revoke=self._finish_in_flight)
+        self.pipeline.start()
+        self.heartbeat.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        event(log, "worker started", topic=self.settings.kafka.topic,
+              group=self.settings.kafka.group, index=self.index.info.name,
+              version=self.index.info.version, mode="reindex" if self.reindex else "live",
+              batch=self.settings.worker.batch)
+        clean = False
         try:
-            while not self.stop_event.is_set():
-                polled = self.consumer.poll(timeout_ms=max(cfg.max_wait_ms, 1),
-                                            max_records=cfg.batch)
-                records = [r for batch in polled.values() for r in batch]
-                if records:
-                    last_record = time.monotonic()
-                    self.process(records)
-                elif idle_exit_s is not None and time.monotonic() - last_record > idle_exit_s:
-                    break
+            self._loop(idle_exit_s)
+            self.health.stopping()
+            clean = self._drain(self.settings.worker.shutdown_timeout_s)
         finally:
-            self.close()
+            self._close()
+        if self.superseded_by is not None:
+            raise IndexMismatchError(
+                f"index {self.index.info.name!r} was promoted to model version "
+                f"{self.superseded_by}; this worker embeds with {self.encoder.version}: "
+                "restart it with the new model")
+        if not clean:
+            raise ServiceUnavailable(
+                f"stopped with {self.reader.tracker.in_flight()} records not written (see the "
+                "warnings above); they were not committed and will be re-delivered")
+        event(log, "worker stopped", **self.stats.to_dict())
         return self.stats
 
-    def process(self, records: list) -> None:
-        """Embed and write one batch, dead-letter what cannot be embedded, then commit."""
-        to_embed: list[tuple[object, ImageMessage]] = []
-        deletes: list[str] = []
-        for record in records:
-            try:
-                msg = ImageMessage.from_record(record.key, record.value, record.headers)
-            except MessageError as exc:
-                self.dead_letter(record, str(exc), "decode")
-                continue
-            if msg.is_tombstone:
-                deletes.append(msg.id)
-            else:
-                to_embed.append((record, msg))
+    def _loop(self, idle_exit_s: float | None) -> None:
+        reader = self.reader
+        while not self.stop_event.is_set():
+            self._check_pipeline()
+            self._collect(timeout_s=0.0)
+            room = self.pipeline.has_room
+            records = reader.poll(room)
+            if records:
+                self._submit(records)
+            elif not room:
+                self._collect(timeout_s=0.1)  # wait for the pipeline rather than spin
+            elif (idle_exit_s is not None and reader.last_record is not None
+                  and not reader.has_pending and self.pipeline.in_flight == 0
+                  and time.monotonic() - reader.last_record > idle_exit_s):
+                break
+            reader.commit()
+            reader.report_lag()
 
-        started = time.perf_counter()
-        decoded: list[tuple[ImageMessage, Image.Image]] = []
-        for record, msg in to_embed:
-            try:
-                decoded.append((msg, decode_image(msg.data or b"", self.encoder.max_pixels)))
-            except ImageDecodeError as exc:
-                self.dead_letter(record, exc.message, "decode")
-        vectors = self.encoder.embed_images([img for _, img in decoded])
-        thumbnails = {msg.id: make_thumbnail(img) for msg, img in decoded}
-        self.stats.seconds["embed"] += time.perf_counter() - started
+    def _drain(self, timeout_s: float) -> bool:
+        """Write what is in flight and commit it; False if that did not finish in time."""
+        if self.reader.has_pending:
+            self._submit(self.reader.take_pending())
+        deadline = time.monotonic() + timeout_s
+        while self.pipeline.in_flight and self.pipeline.error is None:
+            if time.monotonic() > deadline or self.give_up.is_set():
+                self.give_up.set()
+                end = time.monotonic() + 10  # the writer notices within one backoff step
+                while self.pipeline.in_flight and time.monotonic() < end:
+                    self._collect(timeout_s=0.2)
+                break
+            self._collect(timeout_s=0.1)
+        self.reader.commit(force=True)
+        return self.pipeline.in_flight == 0 and self.pipeline.error is None \
+            and self.reader.tracker.in_flight() == 0
 
-        started = time.perf_counter()
-        items = []
-        for vector, (msg, _) in zip(vectors, decoded, strict=True):
-            attributes = {**msg.attributes, "model_version": self.encoder.version,
-                          "ingested_at": round(time.time(), 3)}
-            if msg.uri:
-                attributes.setdefault("uri", msg.uri)
-            items.append((msg.id, vector, attributes))
-        self.index.put_thumbnails(thumbnails)
-        self.stats.upserted += self.index.upsert(items)
-        self.stats.deleted += len(deletes)
-        self.index.delete(deletes)
-        self.dlq.flush()
-        self.stats.seconds["write"] += time.perf_counter() - started
-        self.stats.batches += 1
-        self.commit(records)
-
-    def dead_letter(self, record, reason: str, stage: str) -> None:
-        headers = [
-            *(record.headers or []),
-            ("error.reason", reason.encode("utf-8", "replace")[:1000]),
-            ("error.stage", stage.encode()),
-            ("error.worker", self.worker_id.encode()),
-            ("error.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-        ]
-        self.dlq.send(self.settings.kafka.dlq_topic, key=record.key, value=record.value,
-                      headers=headers)
-        self.stats.dead_lettered += 1
-        log.warning("dead letter %s/%s@%s: %s", record.topic, record.partition, record.offset,
-                    reason)
-
-    def commit(self, records: list) -> None:
-        offsets: dict = {}
-        for record in records:
-            tp = (record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, -1), record.offset)
+    def _close(self) -> None:
+        self.pipeline.stop(timeout_s=5)
+        self.decoder.close()
+        self.heartbeat.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         try:
-            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o + 1, "", -1)
-                                  for (t, p), o in offsets.items()})
-        except (CommitFailedError, KafkaError) as exc:
-            # A rebalance took the partitions: the new owner replays them, and upserts are
-            # idempotent, so nothing is lost and nothing is doubled.
-            log.warning("commit failed (%s); records will be re-delivered", exc)
-
-    def close(self) -> None:
-        try:
-            self.dlq.flush(timeout=10)
             self.dlq.close(timeout=10)
         finally:
-            self.consumer.close()  # leaves the group so partitions move at once
+            self.reader.close()
+
+    # --- reading and committing ----------------------------------------------------------------
+
+    def _submit(self, records: list) -> None:
+        self._seq += 1
+        batch = Batch(self._seq, [Item(r) for r in records],
+                      generation=self.reader.tracker.generation)
+        self.metrics.batch_size.observe(len(records))
+        self.pipeline.submit(batch)
+        self.metrics.in_flight.set(self.pipeline.in_flight)
+
+    def _collect(self, timeout_s: float) -> None:
+        for batch in self.pipeline.finished(timeout_s):
+            if batch.written:
+                self.reader.finished(batch)
+                self.stats.add(batch)
+                self._count(batch)
+        self.metrics.in_flight.set(self.pipeline.in_flight)
+
+    def _count(self, batch: Batch) -> None:
+        for item in batch.items:
+            if item.failure is not None:
+                self.metrics.records.labels("dead_lettered").inc()
+                self.metrics.dead_letters.labels(item.failure.stage).inc()
+                event(log, "dead letter", logging.WARNING, stage=item.failure.stage,
+                      reason=item.failure.reason,
+                      source=f"{item.record.topic}/{item.record.partition}/"
+                             f"{item.record.offset}")
+            else:
+                self.metrics.records.labels("deleted" if item.is_tombstone else "indexed").inc()
+
+    def _check_pipeline(self) -> None:
+        if self.pipeline.error is not None:
+            exc = self.pipeline.error
+            raise PipelineFailed(f"worker step failed: {type(exc).__name__}: {exc}") from exc
+
+    def _finish_in_flight(self) -> None:
+        """Partitions are about to move: let the pipeline write what it holds (bounded), so that
+        it is committed now rather than re-done by the next owner."""
+        bound = min(self.settings.worker.shutdown_timeout_s,
+                    self.settings.kafka.session_timeout_ms / 2000)
+        deadline = time.monotonic() + bound
+        while self.pipeline.in_flight and time.monotonic() < deadline \
+                and self.pipeline.error is None:
+            self._collect(timeout_s=0.1)
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def health_report(self) -> dict:
+        return {**self.health.snapshot(), "worker": self.worker_id,
+                "partitions": [tp.partition for tp in self.reader.assigned],
+                "in_flight_batches": self.pipeline.in_flight, "records": self.stats.to_dict()}
+
+    def describe(self) -> dict:
+        """What the heartbeat publishes (``twinstream status`` shows it)."""
+        return {"worker": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "group": self.settings.kafka.group, "topic": self.settings.kafka.topic,
+                "index": self.index.info.name, "version": self.index.info.version,
+                "mode": "reindex" if self.reindex else "live",
+                "partitions": [tp.partition for tp in self.reader.assigned],
+                "health": self.health.snapshot(), "records": self.stats.to_dict(),
+                "started_at": self.started_at, "seen_at": time.time()}
+
+    def _check_still_live(self) -> None:
+        """A promoted index with another model: stop, rather than fill a version nobody reads."""
+        if self.reindex:
+            return
+        live = VectorIndex.live_version(self.index.client, self.index.info.name)
+        if live is not None and live != self.index.info.version and self.superseded_by is None:
+            self.superseded_by = live
+            event(log, "index promoted to another model version; stopping", logging.ERROR,
+                  live=live, mine=self.index.info.version)
+            self.stop_event.set()

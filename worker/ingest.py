@@ -1,68 +1,153 @@
-"""Publish image files to the images topic (key = id, value = bytes, label from the folder)."""
+"""Publish image files to the images topic, and tombstones that delete ids.
+
+One record per file: key = id (the content hash by default, so re-ingesting the same bytes is a
+no-op downstream; or the path), value = the file's bytes when it is at most
+``kafka.inline_max_bytes``, otherwise empty with a ``uri`` header naming the file's absolute path
+(workers read it from a volume they share with the producer). Headers carry the content type,
+the attributes (label from the folder, ``--attr`` pairs, source path) and the publish time.
+
+Sends are asynchronous; failures are counted per file, not fatal, and reported at the end.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from twinstream.messages import ImageMessage, content_id, now_ms
+from twinstream.errors import InputError, ServiceUnavailable
+from twinstream.messages import ImageMessage, check_id, now_ms
 from twinstream.settings import KafkaSettings
 from worker.kafka_io import ensure_topics, make_producer
+
+ID_SOURCES = ("content", "path")
+SEND_TIMEOUT_S = 60.0
 
 
 @dataclass
 class IngestSummary:
     published: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
-    ids: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # of the published files, in order
+    by_reference: int = 0  # published with a uri header instead of inline bytes
 
     def to_dict(self) -> dict:
-        return {"published": self.published, "failed": len(self.failed),
-                "failures": self.failed}
+        return {"published": self.published, "skipped": len(self.skipped),
+                "failed": len(self.failed), "by_reference": self.by_reference,
+                "failures": self.failed, "skips": self.skipped}
 
 
-def message_for_file(path: Path, label_from_dir: bool = True,
-                     attributes: dict | None = None) -> ImageMessage:
-    data = path.read_bytes()
+def _content_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:32]  # the same id as twinstream.messages.content_id(bytes)
+
+
+def message_for_file(path: Path, label_from_dir: bool = True, attributes: dict | None = None,
+                     id_from: str = "content", inline_max_bytes: int = 900_000
+                     ) -> ImageMessage:
+    """The record of one file (raises ``OSError`` if it cannot be read)."""
+    size = path.stat().st_size
+    inline = size <= inline_max_bytes
+    data = path.read_bytes() if inline else b""
     attrs = dict(attributes or {})
     if label_from_dir:
         attrs.setdefault("label", path.parent.name)
     attrs.setdefault("source", str(path))
+    image_id = _content_hash(path) if id_from == "content" else path.as_posix()
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return ImageMessage(id=content_id(data), data=data, content_type=content_type,
-                        attributes=attrs, produced_at_ms=now_ms())
+    return ImageMessage(id=image_id, data=data, content_type=content_type, attributes=attrs,
+                        uri=None if inline else str(path.resolve()), produced_at_ms=now_ms())
 
 
 def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir: bool = True,
-                 attributes: dict | None = None,
-                 progress: Callable | None = None) -> IngestSummary:
-    """Publish each file; unreadable files and failed sends are counted, not fatal."""
+                 attributes: dict | None = None, progress: Callable | None = None,
+                 id_from: str = "content") -> IngestSummary:
+    """Publish each file; unreadable files and failed sends are counted, not fatal.
+
+    A file whose id was already published in this run (same content twice) is skipped.
+    """
+    if id_from not in ID_SOURCES:
+        raise InputError(f"--id-from must be one of {', '.join(ID_SOURCES)}, got {id_from!r}")
     ensure_topics(settings)
-    producer = make_producer(settings)
+    producer = make_producer(settings, linger_ms=20)
     summary = IngestSummary()
-    pending = []
+    lock = threading.Lock()
+    seen: dict[str, str] = {}
+
+    def sent(by_reference: bool):
+        def ok(_metadata) -> None:  # runs in the producer's I/O thread
+            with lock:
+                summary.published += 1
+                summary.by_reference += by_reference
+        return ok
+
+    def failed(path: Path):
+        def fail(exc) -> None:
+            with lock:
+                summary.failed[str(path)] = f"not published: {exc}"
+        return fail
+
     try:
         for path in (progress(paths) if progress else paths):
             try:
-                msg = message_for_file(path, label_from_dir, attributes)
+                msg = message_for_file(path, label_from_dir, attributes, id_from,
+                                       settings.inline_max_bytes)
+                check_id(msg.id)
             except OSError as exc:
                 summary.failed[str(path)] = f"cannot read: {exc.strerror or exc}"
                 continue
+            except InputError as exc:
+                summary.failed[str(path)] = exc.message
+                continue
+            if msg.id in seen:
+                summary.skipped[str(path)] = f"same id as {seen[msg.id]}"
+                continue
+            seen[msg.id] = str(path)
             key, value, headers = msg.to_record()
-            pending.append((path, msg.id, producer.send(settings.topic, key=key, value=value,
-                                                        headers=headers)))
-        producer.flush()
-        for path, image_id, future in pending:
             try:
-                future.get(timeout=30)
-                summary.published += 1
-                summary.ids.append(image_id)
+                future = producer.send(settings.topic, key=key, value=value, headers=headers)
             except KafkaError as exc:
                 summary.failed[str(path)] = f"not published: {exc}"
+                continue
+            summary.ids.append(msg.id)
+            future.add_callback(sent(msg.uri is not None))
+            future.add_errback(failed(path))
+        producer.flush(timeout=SEND_TIMEOUT_S)
     finally:
         producer.close(timeout=10)
+    failed_paths = set(summary.failed)
+    if failed_paths:  # ids of files whose send failed are not published
+        ok_ids = {msg_id for msg_id, p in seen.items() if p not in failed_paths}
+        summary.ids = [i for i in summary.ids if i in ok_ids]
     return summary
+
+
+def delete_ids(settings: KafkaSettings, ids: Iterable[str]) -> int:
+    """Publish a tombstone per id; workers remove those ids (and thumbnails) from the index."""
+    ids = list(dict.fromkeys(ids))
+    for image_id in ids:
+        check_id(image_id)
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        futures = []
+        for image_id in ids:
+            key, value, headers = ImageMessage(id=image_id, data=None).to_record()
+            futures.append(producer.send(settings.topic, key=key, value=value, headers=headers))
+        producer.flush(timeout=SEND_TIMEOUT_S)
+        for future in futures:
+            future.get(timeout=SEND_TIMEOUT_S)
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"could not publish the tombstones: {exc}") from None
+    finally:
+        producer.close(timeout=10)
+    return len(ids)

@@ -58,17 +58,27 @@ def make_consumer(settings: KafkaSettings, group: str | None = None, **overrides
         raise _unreachable(settings, exc) from None
 
 
-def ensure_topics(settings: KafkaSettings) -> None:
-    """Create the images topic and its dead-letter topic if they do not exist."""
+def make_admin(settings: KafkaSettings) -> KafkaAdminClient:
     try:
-        admin = KafkaAdminClient(bootstrap_servers=_require_bootstrap(settings),
-                                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-                                 request_timeout_ms=15000, client_id="twinstream-admin")
+        return KafkaAdminClient(bootstrap_servers=_require_bootstrap(settings),
+                                bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                                request_timeout_ms=15000, client_id="twinstream-admin")
     except (KafkaError, OSError) as exc:
         raise _unreachable(settings, exc) from None
+
+
+def ensure_topics(settings: KafkaSettings) -> None:
+    """Create the images topic and its dead-letter topic if they do not exist.
+
+    The images topic is compacted: it keeps the last record of every id (an image, or a
+    tombstone for a while), so a re-index that replays it from the beginning rebuilds exactly the
+    current index however old the topic is.
+    """
+    admin = make_admin(settings)
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(settings.topic, settings.partitions, 1),
+        wanted = [NewTopic(settings.topic, settings.partitions, 1,
+                           topic_configs={"cleanup.policy": "compact"}),
                   NewTopic(settings.dlq_topic, settings.partitions, 1)]
         for topic in wanted:
             if topic.name not in existing:
@@ -76,5 +86,7 @@ def ensure_topics(settings: KafkaSettings) -> None:
                     admin.create_topics([topic])
                 except TopicAlreadyExistsError:
                     pass  # another process won the race: fine
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from None
     finally:
         admin.close()

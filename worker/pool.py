@@ -1,44 +1,206 @@
-"""Run N worker processes (consumers of one group) and stop them together."""
+"""Run N worker processes (consumers of one group), restart the ones that crash, stop them
+together.
+
+A child that exits with a user-error code (bad settings 2, model 3, index/model mismatch 4) is
+not restarted: it would fail the same way again, so the pool stops and exits with that code. One
+that crashes (killed, out of memory, a bug) is restarted after a backoff that doubles with each
+crash in a row (1 s, 2 s, 4 s ... 30 s) and resets once a child has run for a minute.
+"""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import os
+import queue
 import signal
 import time
+from dataclasses import dataclass, replace
 
+from twinstream.errors import TwinstreamError
 from twinstream.settings import Settings
-from worker.consumer import Worker
+from worker.logs import configure, event
+
+log = logging.getLogger("twinstream.worker")
+
+FATAL_EXIT_CODES = frozenset({2, 3, 4, 5})
+RESTART_FIRST_S = 1.0
+RESTART_CAP_S = 30.0
+HEALTHY_RUN_S = 60.0
+KILL_GRACE_S = 10.0
 
 
-def _child(settings: Settings, worker_id: str, idle_exit_s: float | None) -> None:
-    worker = Worker(settings, worker_id)
-    worker.install_signal_handlers()
-    worker.run(idle_exit_s)
-
-
-def run_pool(settings: Settings, processes: int, idle_exit_s: float | None = None) -> int:
-    """Start ``processes`` workers; SIGTERM/SIGINT are forwarded; returns the worst exit code."""
-    if processes == 1:
-        worker = Worker(settings)
-        worker.install_signal_handlers()
-        worker.run(idle_exit_s)
-        return 0
-    ctx = mp.get_context("spawn")  # no inherited sockets or threads from the parent
-    children = [ctx.Process(target=_child, args=(settings, f"worker-{i}", idle_exit_s),
-                            name=f"twinstream-worker-{i}") for i in range(processes)]
-    for child in children:
-        child.start()
-
-    def forward(_signum, _frame):  # each child drains its batch, commits and leaves on SIGTERM
-        for child in children:
-            if child.is_alive():
-                child.terminate()
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+def cpu_count() -> int:
     try:
-        while any(child.is_alive() for child in children):
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def child_settings(settings: Settings, index: int, processes: int) -> Settings:
+    """Share the cores among the processes, and give each its own metrics port."""
+    threads = settings.model.threads or max(1, cpu_count() // processes)
+    port = settings.worker.metrics_port + index if settings.worker.metrics_port else 0
+    return replace(settings, model=replace(settings.model, threads=threads),
+                   worker=replace(settings.worker, metrics_port=port))
+
+
+def run_worker(settings: Settings, idle_exit_s: float | None = None, reindex: bool = False,
+               quiet: bool = False, signals=(signal.SIGTERM, signal.SIGINT)) -> dict:
+    """One worker in this process until stopped by ``signals`` (or idle); returns its counts."""
+    from worker.consumer import Worker, default_worker_id
+
+    worker_id = default_worker_id()
+    configure(settings.worker.log_format, worker_id, quiet)
+    worker = Worker(settings, worker_id, reindex=reindex)
+    worker.install_signal_handlers(signals)
+    return worker.run(idle_exit_s).to_dict()
+
+
+def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results) -> None:
+    # A terminal's Ctrl-C reaches the whole process group; the parent turns it into one SIGTERM
+    # per child, so a child that also took the SIGINT would count two signals and hurry.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stats = run_worker(settings, idle_exit_s, reindex, quiet, signals=(signal.SIGTERM,))
+    except TwinstreamError as exc:
+        event(log, exc.message, logging.ERROR, exit_code=exc.exit_code)
+        raise SystemExit(exc.exit_code) from None
+    results.put(stats)
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: mp.Process | None = None
+    started: float = 0.0
+    crashes: int = 0
+    restart_at: float = 0.0
+    done: bool = False
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, processes: int, idle_exit_s: float | None = None,
+                 reindex: bool = False, quiet: bool = False):
+        self.settings = settings
+        self.processes = processes
+        self.idle_exit_s = idle_exit_s
+        self.reindex = reindex
+        self.quiet = quiet
+        self._ctx = mp.get_context("spawn")  # no inherited sockets or threads from the parent
+        self._results = self._ctx.Queue()
+        self.slots = [_Slot(i) for i in range(processes)]
+        self.stopping = False
+        self.exit_code = 0
+        self.restarts = 0
+        self._stop_requested_at = 0.0
+
+    def _spawn(self, slot: _Slot) -> None:
+        s = child_settings(self.settings, slot.index, self.processes)
+        slot.process = self._ctx.Process(
+            target=_child, args=(s, self.idle_exit_s, self.reindex, self.quiet, self._results),
+            name=f"twinstream-worker-{slot.index}")
+        slot.process.start()
+        slot.started = time.monotonic()
+
+    def start(self) -> WorkerPool:
+        for slot in self.slots:
+            self._spawn(slot)
+        return self
+
+    def stop(self) -> None:
+        """Ask every child to finish its batches, commit and leave (SIGTERM)."""
+        if not self.stopping:
+            self.stopping = True
+            self._stop_requested_at = time.monotonic()
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.terminate()
+
+    @property
+    def finished(self) -> bool:
+        return all(slot.done for slot in self.slots)
+
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self.slots if s.process is not None and s.process.pid]
+
+    def supervise(self) -> None:
+        """One round: notice exits, restart crashes when their backoff is over."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.done:
+                continue
+            if slot.process is None:
+                if self.stopping:
+                    slot.done = True
+                elif now >= slot.restart_at:
+                    self.restarts += 1
+                    event(log, "restarting worker process", slot=slot.index,
+                          crashes=slot.crashes)
+                    self._spawn(slot)
+                continue
+            if slot.process.is_alive():
+                continue
+            code = slot.process.exitcode
+            slot.process.join()
+            slot.process = None
+            if self.stopping or code == 0:
+                slot.done = True
+                self.exit_code = max(self.exit_code, abs(code or 0))
+            elif code in FATAL_EXIT_CODES:
+                slot.done = True
+                self.exit_code = code
+                self.stop()
+            else:
+                slot.crashes = 1 if now - slot.started > HEALTHY_RUN_S else slot.crashes + 1
+                delay = min(RESTART_CAP_S, RESTART_FIRST_S * 2 ** (slot.crashes - 1))
+                slot.restart_at = now + delay
+                event(log, "worker process crashed", logging.WARNING, slot=slot.index,
+                      exit_code=code, restart_in_s=delay)
+        if self.stopping and now - self._stop_requested_at > (
+                self.settings.worker.shutdown_timeout_s + KILL_GRACE_S):
+            for slot in self.slots:  # a child that ignores SIGTERM this long is stuck
+                if slot.process is not None and slot.process.is_alive():
+                    slot.process.kill()
+
+    def results(self) -> list[dict]:
+        out = []
+        while True:
+            try:
+                out.append(self._results.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def total(results: list[dict]) -> dict:
+    out: dict = {"processes": len(results)}
+    for r in results:
+        for key, value in r.items():
+            if isinstance(value, (int, float)):
+                out[key] = out.get(key, 0) + value
+    return out
+
+
+def run_pool(settings: Settings, processes: int, idle_exit_s: float | None = None,
+             reindex: bool = False, quiet: bool = False, results: list | None = None) -> int:
+    """Start ``processes`` workers; SIGTERM/SIGINT stop them; returns the worst exit code.
+
+    The counts each child reports when it ends are appended to ``results`` when given."""
+    configure(settings.worker.log_format, f"pool-{os.getpid()}", quiet)
+    pool = WorkerPool(settings, processes, idle_exit_s, reindex, quiet).start()
+
+    def on_signal(_signum, _frame):
+        pool.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not pool.finished:
+            pool.supervise()
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return max((child.exitcode or 0) for child in children)
+        pool.stop()
+    if results is not None:
+        results.extend(pool.results())
+    return pool.exit_code

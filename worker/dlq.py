@@ -1,0 +1,178 @@
+"""Dead letters: records that cannot be embedded go to ``<topic>.dlq`` unchanged (key, value,
+headers) plus ``error.*`` headers saying why, so that nothing is ever silently dropped and a
+fixed record can be replayed as it was.
+
+Headers added: ``error.reason`` (one line), ``error.stage`` (parse, fetch, decode, embed, write),
+``error.worker`` (worker id), ``error.source`` (topic/partition/offset), ``error.time`` (ms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from kafka import KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.structs import OffsetAndMetadata
+
+from twinstream.errors import ServiceUnavailable
+from twinstream.settings import KafkaSettings
+from worker.batch import Item
+from worker.kafka_io import make_consumer, make_producer
+from worker.topics import end_offsets, partitions, read_all
+
+ERROR_PREFIX = "error."
+VALUE_DROPPED = "error.value-dropped"
+MAX_REASON_BYTES = 1000
+SEND_TIMEOUT_S = 30.0
+
+
+def dead_letter_headers(record, stage: str, reason: str, worker_id: str) -> list:
+    original = [(k, v) for k, v in (record.headers or []) if not k.startswith(ERROR_PREFIX)]
+    return [
+        *original,
+        ("error.reason", reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]),
+        ("error.stage", stage.encode()),
+        ("error.worker", worker_id.encode("utf-8", "replace")),
+        ("error.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ("error.time", str(int(time.time() * 1000)).encode()),
+    ]
+
+
+class DeadLetterSender:
+    """Sends the failed items of a batch and waits until the broker has them all."""
+
+    def __init__(self, producer: KafkaProducer, topic: str, worker_id: str):
+        self.producer = producer
+        self.topic = topic
+        self.worker_id = worker_id
+        self._sent: set[int] = set()  # id() of items already acknowledged, across retries
+
+    def send(self, items: Sequence[Item]) -> int:
+        """Send what was not yet acknowledged; raises ``KafkaError`` (retryable) on failure."""
+        pending = []
+        for item in items:
+            if id(item) in self._sent:
+                continue
+            record, failure = item.record, item.failure
+            headers = dead_letter_headers(record, failure.stage, failure.reason, self.worker_id)
+            try:
+                future = self.producer.send(self.topic, key=record.key, value=record.value,
+                                            headers=headers)
+            except MessageSizeTooLargeError:
+                # Keep the letter, lose the payload: a replay skips it (it has nothing to send).
+                size = len(record.value or b"")
+                future = self.producer.send(
+                    self.topic, key=record.key, value=b"",
+                    headers=[*headers, (VALUE_DROPPED, f"{size} bytes".encode())])
+            pending.append((item, future))
+        self.producer.flush(timeout=SEND_TIMEOUT_S)
+        for item, future in pending:
+            future.get(timeout=SEND_TIMEOUT_S)  # raises the send's KafkaError
+            self._sent.add(id(item))
+        for item in items:
+            self._sent.discard(id(item))  # the batch is done with; ids may be reused later
+        return len(pending)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    id: str | None
+    stage: str
+    reason: str
+    worker: str
+    source: str
+    size: int
+    time_ms: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _headers(record) -> dict[str, str]:
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers or [])}
+
+
+def as_dead_letter(record) -> DeadLetter:
+    h = _headers(record)
+    key = record.key.decode("utf-8", "replace") if record.key else None
+    return DeadLetter(record.partition, record.offset, key, h.get("error.stage", "?"),
+                      h.get("error.reason", "?"), h.get("error.worker", "?"),
+                      h.get("error.source", "?"), len(record.value or b""),
+                      int(h.get("error.time") or 0))
+
+
+def list_dead_letters(settings: KafkaSettings) -> list[DeadLetter]:
+    return [as_dead_letter(r) for r in read_all(settings, settings.dlq_topic)]
+
+
+def replay_group(settings: KafkaSettings) -> str:
+    """The group whose committed offsets mark how far the dead letters were replayed."""
+    return f"{settings.group}.dlq-replay"
+
+
+@dataclass
+class ReplaySummary:
+    replayed: int = 0
+    skipped: int = 0  # letters whose value was too large to keep
+    ids: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        return {"replayed": self.replayed, "skipped": self.skipped}
+
+
+def replay(settings: KafkaSettings, ids: Iterable[str] = (), dry_run: bool = False
+           ) -> ReplaySummary:
+    """Publish dead letters to the images topic again, without their ``error.*`` headers.
+
+    Without ``ids``: every letter not replayed before, then the replay position moves past them.
+    With ``ids``: the letters of those ids, wherever they are, and the position stays.
+    """
+    wanted = set(ids)
+    group = replay_group(settings)
+    consumer = make_consumer(settings, group_id=group, client_id="twinstream-dlq-replay")
+    try:
+        tps = partitions(consumer, settings.dlq_topic)
+        start = {} if wanted else {tp: _committed(consumer, tp) for tp in tps}
+        ends = end_offsets(consumer, tps)
+        summary = ReplaySummary(ids=[])
+        producer = None if dry_run else make_producer(settings, client_id="twinstream-replay")
+        try:
+            for record in read_all(settings, settings.dlq_topic, start):
+                key = record.key.decode("utf-8", "replace") if record.key else ""
+                if wanted and key not in wanted:
+                    continue
+                headers = [(k, v) for k, v in (record.headers or [])
+                           if not k.startswith(ERROR_PREFIX)]
+                if any(k == VALUE_DROPPED for k, _ in record.headers or []):
+                    summary.skipped += 1
+                    continue
+                if producer is not None:
+                    producer.send(settings.topic, key=record.key, value=record.value,
+                                  headers=headers)
+                summary.replayed += 1
+                summary.ids.append(key)
+            if producer is not None:
+                producer.flush(timeout=SEND_TIMEOUT_S)
+        finally:
+            if producer is not None:
+                producer.close(timeout=10)
+        if not wanted and not dry_run:
+            consumer.assign(tps)
+            consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
+        return summary
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"replaying dead letters failed: {exc}") from None
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _committed(consumer, tp: TopicPartition) -> int:
+    try:
+        offset = consumer.committed(tp)
+    except KafkaError:
+        return 0
+    return offset or 0

@@ -1,0 +1,84 @@
+"""Who is working: each worker writes a short-lived key to Redis every few seconds.
+
+The broker knows the group's members, but the Kafka admin call that would list them
+(DescribeGroups) fails against tansu, the embedded broker. A heartbeat key works everywhere and
+carries more: the worker's partitions, health, counts and model version. A worker that dies
+stops refreshing its key and it expires after ``TTL_S``.
+
+Key: ``twinstream:workers:{<group>}:<worker id>`` (value: JSON, see ``Worker.describe``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+INTERVAL_S = 2.0
+TTL_S = 10
+
+log = logging.getLogger("twinstream.worker")
+
+
+def heartbeat_key(group: str, worker_id: str) -> str:
+    return f"twinstream:workers:{{{group}}}:{worker_id}"
+
+
+class Heartbeat:
+    """A daemon thread: ``describe()`` to Redis every ``interval_s``, then ``on_beat()``."""
+
+    def __init__(self, client: redis.Redis, key: str, describe: Callable[[], dict],
+                 on_beat: Callable[[], None] = lambda: None, interval_s: float = INTERVAL_S):
+        self.client = client
+        self.key = key
+        self.describe = describe
+        self.on_beat = on_beat
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.client.delete(self.key)  # gone at once from `twinstream status`
+        except redis.RedisError:
+            pass  # expires by itself
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self.client.set(self.key, json.dumps(self.describe(), default=str), ex=TTL_S)
+            self.on_beat()
+        except redis.RedisError as exc:  # the writer reports Redis health; stay quiet here
+            log.debug("heartbeat failed: %s", exc)
+
+
+def list_workers(client: redis.Redis, group: str) -> list[dict]:
+    """Live workers of ``group`` and of its re-index groups (``<group>.reindex.<version>``)."""
+    found = []
+    for key in client.scan_iter(match="twinstream:workers:*", count=500):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            continue
+        g = str(data.get("group", ""))
+        if g == group or g.startswith(f"{group}.reindex."):
+            data["seen_s_ago"] = round(time.time() - float(data.get("seen_at", 0)), 1)
+            found.append(data)
+    return sorted(found, key=lambda d: (d.get("group", ""), d.get("worker", "")))

@@ -1,0 +1,98 @@
+"""Writer step: the batch's index operations into Redis (pipelined, idempotent), its failures into
+the dead-letter topic; then, and only then, the batch counts as written.
+
+Redis or the broker failing is the world's fault, not the record's: the writer keeps the batch
+and retries with backoff and jitter until it succeeds (reporting it in the health state), or
+until the worker gives up at shutdown, in which case the batch is not committed and will be
+re-delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+from kafka.errors import KafkaError
+
+from index.store import VectorIndex
+from worker.batch import Batch, Delete, Upsert, index_operations
+from worker.dlq import DeadLetterSender
+from worker.health import Health
+from worker.logs import event
+from worker.metrics import WorkerMetrics
+from worker.retry import Backoff, GaveUp, retry
+
+log = logging.getLogger("twinstream.worker")
+
+# Redis replies that mean "not now" rather than "never".
+TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+                     "NOREPLICAS", "MISCONF", "BUSY")
+
+
+def redis_is_transient(exc: Exception) -> bool:
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
+
+
+def kafka_is_transient(exc: Exception) -> bool:
+    return isinstance(exc, KafkaError)
+
+
+class Writer:
+    name = "write"
+
+    def __init__(self, index: VectorIndex, dead_letters: DeadLetterSender, model_version: str,
+                 health: Health, metrics: WorkerMetrics, give_up: threading.Event,
+                 backoff: Backoff = Backoff()):
+        self.index = index
+        self.dead_letters = dead_letters
+        self.model_version = model_version
+        self.health = health
+        self.metrics = metrics
+        self.give_up = give_up
+        self.backoff = backoff
+
+    def __call__(self, batch: Batch) -> None:
+        ops = index_operations(batch.items, self.model_version)
+        try:
+            if ops:
+                retry(lambda: self._apply(ops), redis_is_transient, self.give_up, self.backoff,
+                      self._failed("redis"))
+                self._recovered("redis")
+            failures = batch.failures
+            if failures:
+                retry(lambda: self.dead_letters.send(failures), kafka_is_transient,
+                      self.give_up, self.backoff, self._failed("kafka"))
+                self._recovered("kafka")
+        except GaveUp:
+            event(log, "gave up writing a batch; it will be re-delivered", logging.WARNING,
+                  batch=batch.seq, records=len(batch.items))
+            return
+        batch.written = True
+
+    def _apply(self, ops: list[Upsert | Delete]) -> None:
+        upserts = [op for op in ops if isinstance(op, Upsert)]
+        deletes = [op.id for op in ops if isinstance(op, Delete)]
+        # Thumbnail first: an element is never visible without its picture.
+        self.index.put_thumbnails({op.id: op.thumbnail for op in upserts if op.thumbnail})
+        self.index.upsert([(op.id, op.vector, op.attributes) for op in upserts])
+        self.index.delete(deletes)
+
+    def _failed(self, target: str):
+        def report(exc: Exception, attempt: int, delay: float) -> None:
+            self.health.failing(target, f"{type(exc).__name__}: {exc}")
+            self.metrics.retries.labels(target).inc()
+            self.metrics.healthy.set(0)
+            level = logging.WARNING if attempt == 1 or attempt % 10 == 0 else logging.DEBUG
+            event(log, f"{target} write failed; keeping the batch and retrying", level,
+                  attempt=attempt, retry_in_s=round(delay, 2), error=str(exc)[:200])
+        return report
+
+    def _recovered(self, target: str) -> None:
+        if target in self.health.snapshot()["failing"]:
+            event(log, f"{target} is back; batch written")
+        self.health.ok(target)
+        if self.health.healthy:
+            self.metrics.healthy.set(1)
