@@ -315,7 +315,7 @@ def test_ingest_then_delete_through_a_worker(api, api_settings, gallery):
     finally:
         worker.stop_event.set()
         thread.join(timeout=30)
-    assert worker.stats.upserted == 1 and worker.stats.deleted == 1
+    assert worker.stats.indexed == 1 and worker.stats.deleted == 1
 
 
 def wait_for(request, status: int, timeout_s: float = 30.0):
