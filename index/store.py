@@ -76,12 +76,12 @@ class StoredItem:
         return {"id": self.id, "vector": self.vector.tolist(), "attributes": self.attributes}
 
 
-def _decode(meta: dict) -> dict[str, str]:
+def decode_hash(meta: dict) -> dict[str, str]:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                           else str(v)) for k, v in meta.items()}
 
 
-def _info(name: str, meta: dict[str, str]) -> IndexInfo:
+def info_from_meta(name: str, meta: dict[str, str]) -> IndexInfo:
     card = json.loads(meta.get("card") or "{}")
     return IndexInfo(name, meta["version"], int(meta["dim"]), meta.get("metric", "cosine"),
                      card.get("threshold"), meta.get("quant", "q8"), int(meta.get("shards", 1)))
@@ -115,18 +115,17 @@ class VectorIndex:
                              f"got {quant!r}")
         keys = (layout.meta_key(name, card.version), layout.versions_key(name),
                 layout.alias_key(name))
-        context = f"index {name!r}"
-        with translate_errors(context, lambda: _key_types(client, name, card.version, shards)):
+        with guard(client, name, card.version, shards):
             raw = client.eval(_CREATE, 3, *keys, card.version, card.embedding_dim, card.metric,
                               quant, shards, time.time(), json.dumps(card.to_dict()))
             client.sadd(layout.INDEXES_KEY, name)
-        stored = _decode(dict(zip(raw[0::2], raw[1::2], strict=True)))
-        index = cls(client, _info(name, stored), ef=ef)
+        stored = decode_hash(dict(zip(raw[0::2], raw[1::2], strict=True)))
+        index = cls(client, info_from_meta(name, stored), ef=ef)
         if index.info.dim != card.embedding_dim:
             raise IndexMismatchError(
                 f"index {name!r} version {card.version} has dimension {index.info.dim}, "
                 f"the model gives {card.embedding_dim}")
-        with translate_errors(context):
+        with guard(client, name):
             index._check_key_types()
         return index
 
@@ -134,7 +133,7 @@ class VectorIndex:
     def live_version(client: Client, name: str) -> str | None:
         """The model version queries of index ``name`` use, or None if it has none yet."""
         layout.check_name(name)
-        with translate_errors(f"index {name!r}", lambda: _key_types(client, name)):
+        with guard(client, name):
             version = client.get(layout.alias_key(name))
         return version.decode() if version is not None else None
 
@@ -144,7 +143,7 @@ class VectorIndex:
         new version, never a mix."""
         layout.check_name(name)
         keys = (layout.alias_key(name), layout.meta_key(name, layout.check_version(version)))
-        with translate_errors(f"index {name!r}", lambda: _key_types(client, name, version)):
+        with guard(client, name, version):
             done = client.eval(_PROMOTE, 2, *keys, version)
         if not done:
             raise NotFoundError(f"index {name!r} has no version {version}")
@@ -155,12 +154,12 @@ class VectorIndex:
         """A given version of index ``name`` (live or not)."""
         layout.check_name(name)
         layout.check_version(version)
-        with translate_errors(f"index {name!r}", lambda: _key_types(client, name, version)):
-            meta = _decode(client.hgetall(layout.meta_key(name, version)))
+        with guard(client, name, version):
+            meta = decode_hash(client.hgetall(layout.meta_key(name, version)))
         if not meta:
             raise NotFoundError(f"index {name!r} has no version {version}")
         meta.setdefault("version", version)
-        return cls(client, _info(name, meta), ef=ef)
+        return cls(client, info_from_meta(name, meta), ef=ef)
 
     @classmethod
     def live(cls, client: Client, name: str, *, ef: int | None = None) -> VectorIndex:
@@ -187,14 +186,15 @@ class VectorIndex:
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _errors(self, action: str):
-        return translate_errors(
-            f"index {self.info.name!r} version {self.info.version}: {action}",
-            lambda: _key_types(self.client, self.info.name, self.info.version, self.info.shards))
+    def errors_during(self, action: str):
+        info = self.info
+        return guard(self.client, info.name, info.version, info.shards,
+                      f"index {info.name!r} version {info.version}: {action}")
 
     def _check_key_types(self) -> None:
         """Refuse early when a key of this version holds something other than ours."""
-        problem = _key_types(self.client, self.info.name, self.info.version, self.info.shards)
+        info = self.info
+        problem = foreign_keys(self.client, info.name, info.version, info.shards)
         if problem:
             raise ConfigError(
                 f"index {self.info.name!r}: {problem}; the index name is taken by something "
@@ -247,7 +247,7 @@ class VectorIndex:
             blob = self._check_vector(vector).astype("<f4").tobytes()
             commands.append(("VADD", key, "FP32", blob, image_id, quant,
                              "SETATTR", self._attributes_json(image_id, attributes)))
-        with self._errors("upsert"):
+        with self.errors_during("upsert"):
             for start in range(0, len(commands), UPSERT_CHUNK):
                 pipe = self.client.pipeline(transaction=False)
                 for command in commands[start:start + UPSERT_CHUNK]:
@@ -260,7 +260,7 @@ class VectorIndex:
         ids = [self._check_id(i) for i in ids]
         if not ids:
             return 0
-        with self._errors("delete"):
+        with self.errors_during("delete"):
             pipe = self.client.pipeline(transaction=False)
             for image_id in ids:
                 pipe.execute_command("VREM", self._key_of(image_id), image_id)
@@ -269,11 +269,11 @@ class VectorIndex:
 
     def put_thumbnails(self, thumbnails: dict[str, bytes]) -> None:
         if thumbnails:
-            with self._errors("store thumbnails"):
+            with self.errors_during("store thumbnails"):
                 self.client.hset(self.thumbs, mapping=thumbnails)
 
     def thumbnail(self, image_id: str) -> bytes | None:
-        with self._errors("read a thumbnail"):
+        with self.errors_during("read a thumbnail"):
             return self.client.hget(self.thumbs, image_id)
 
     # --- reads -----------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ class VectorIndex:
         return self.keys[layout.shard_of(image_id, self.info.shards)]
 
     def shard_counts(self) -> list[int]:
-        with self._errors("count"):
+        with self.errors_during("count"):
             pipe = self.client.pipeline(transaction=False)
             for key in self.keys:
                 pipe.execute_command("VCARD", key)
@@ -293,12 +293,12 @@ class VectorIndex:
 
     def vector(self, image_id: str) -> np.ndarray | None:
         """The stored (possibly quantized, so approximate) vector of an id."""
-        with self._errors("read a vector"):
+        with self.errors_during("read a vector"):
             raw = self.client.execute_command("VEMB", self._key_of(image_id), image_id)
         return None if raw is None else np.array([float(x) for x in raw], dtype=np.float32)
 
     def attributes(self, image_id: str) -> dict[str, Any] | None:
-        with self._errors("read attributes"):
+        with self.errors_during("read attributes"):
             raw = self.client.execute_command("VGETATTR", self._key_of(image_id), image_id)
         if raw is None:
             return None if not self.exists(image_id) else {}
@@ -311,7 +311,7 @@ class VectorIndex:
         return StoredItem(image_id, vector, self.attributes(image_id) or {})
 
     def exists(self, image_id: str) -> bool:
-        with self._errors("check an id"):
+        with self.errors_during("check an id"):
             return bool(self.client.execute_command("VISMEMBER", self._key_of(image_id),
                                                     image_id))
 
@@ -348,7 +348,7 @@ class VectorIndex:
 
     def _search(self, options: SearchOptions, queries: list[tuple], exclude: str | None = None,
                 k: int | None = None) -> list[Hit]:
-        with self._errors("search"):
+        with self.errors_during("search"):
             if len(self.keys) == 1:
                 raw = [self.client.execute_command(*options.command(self.keys[0], queries[0]))]
             else:
@@ -359,7 +359,14 @@ class VectorIndex:
         return merge_hits((parse_hits(r) for r in raw), k or options.k, exclude=exclude)
 
 
-def _key_types(client: Client, name: str, version: str | None = None, shards: int = 1) -> str:
+def guard(client: Client, name: str, version: str | None = None, shards: int = 1,
+           context: str | None = None):
+    """Redis errors inside become ours; a WRONGTYPE one names the key that holds what."""
+    return translate_errors(context or f"index {name!r}",
+                            lambda: foreign_keys(client, name, version, shards))
+
+
+def foreign_keys(client: Client, name: str, version: str | None = None, shards: int = 1) -> str:
     """Which key of an index holds a value of the wrong type (empty when none does)."""
     expected = {layout.alias_key(name): _EXPECTED_TYPES["alias"],
                 layout.versions_key(name): _EXPECTED_TYPES["versions"],
