@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -56,13 +57,15 @@ def connect(url: str, timeout_s: float = 5.0) -> Client:
         if is_cluster:
             client.close()
             client = RedisCluster.from_url(plain_url, **options)
-    except redis.AuthenticationError as exc:
-        raise ServiceUnavailable(f"{where} refused the credentials: {exc}") from None
-    except redis.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        text = str(exc)
+        if not _has_password(plain_url) and ("NOAUTH" in text or "authenticated" in text
+                                             or isinstance(exc, redis.AuthenticationError)):
             raise ServiceUnavailable(
-                f"{where} needs a password (redis://:PASSWORD@host:port): {exc}") from None
-        raise ServiceUnavailable(f"{where}: {exc}") from None
+                f"{where} needs a password (redis://:PASSWORD@host:port)") from None
+        if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text:
+            raise ServiceUnavailable(f"{where} refused the credentials: {text}") from None
+        raise ServiceUnavailable(f"{where}: {text}") from None
     except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
         raise ServiceUnavailable(
             f"cannot reach {where} ({exc}); is it running and is the URL right?") from None
@@ -70,6 +73,13 @@ def connect(url: str, timeout_s: float = 5.0) -> Client:
         raise ServiceUnavailable(f"{where}: {type(exc).__name__}: {exc}") from None
     require_vector_sets(client, url)
     return client
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def is_cluster(client: Client) -> bool:

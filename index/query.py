@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +31,13 @@ class Hit:
         return {"id": self.id, "score": self.score, "attributes": self.attributes}
 
 
-def _positive(name: str, value: int | None, upper: int) -> int | None:
-    if value is None:
+def _positive(name: str, value: int | None, upper: int, optional: bool = True) -> int | None:
+    if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not 1 <= value <= upper:
         raise InputError(f"{name} must be a whole number between 1 and {upper}, got {value!r}")
-    return value
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class SearchOptions:
     def build(cls, k: int = 10, filter: str | None = None, ef: int | None = None,
               filter_ef: int | None = None, exact: bool = False) -> SearchOptions:
         """Checked options; a malformed filter or an out-of-range number is an ``InputError``."""
-        _positive("k", k, MAX_K)
+        k = _positive("k", k, MAX_K, optional=False)
         return cls(k, parse_filter(filter), _positive("ef", ef, MAX_EF),
                    _positive("filter_ef", filter_ef, 10**9), bool(exact))
 
