@@ -107,12 +107,12 @@ def _live_index(settings):
 def _read_vector(text: str):
     import numpy as np
 
-    path = Path(text)
     try:
-        if text.endswith(".npy") and path.is_file():
-            return np.load(path, allow_pickle=False).astype(np.float32).reshape(-1)
-        raw = path.read_text() if path.is_file() else text
-        return np.asarray(json.loads(raw), dtype=np.float32).reshape(-1)
+        if text.lstrip().startswith("["):
+            return np.asarray(json.loads(text), dtype=np.float32).reshape(-1)
+        if text.endswith(".npy"):
+            return np.load(text, allow_pickle=False).astype(np.float32).reshape(-1)
+        return np.asarray(json.loads(Path(text).read_text()), dtype=np.float32).reshape(-1)
     except (ValueError, TypeError, OSError) as exc:
         raise InputError(f"--vector {text[:40]!r} is not a .npy file, a .json file or a JSON "
                          f"list of numbers ({exc})") from None
