@@ -1,92 +1,58 @@
-"""The vector store on Redis 8 vector sets: one index version = one vector set + its metadata.
+"""The vector store on Redis 8 vector sets: one index version = S vector-set shards + metadata.
 
-Keys (``{...}`` is a Redis Cluster hash tag):
-    twinstream:{<name>}:alias            the live model version of index <name>
-    twinstream:{<name>}:<version>:meta   hash: dim, metric, model version, created_at, card
-    twinstream:{<name>}:<version>:vset   the vector set (element = image id, attributes = JSON)
+An index has a name; each model that fills it gets a version of its own (the model version), with
+its model card stored beside it, and an alias names the version queries use (``index/layout.py``
+has the keys). Ids are routed to shards by a stable hash; a search asks every shard for its top-k
+in one pipelined round trip and merges. On a Redis Cluster the shards' hash tags spread them over
+the masters.
 
-Scores are cosine similarities in [-1, 1]: Redis reports (1 + cos) / 2 and we convert back.
+Guarantees: upserts are idempotent per id (same id -> same element, vector and attributes
+replaced); a batch is checked as a whole before anything is sent, so a bad vector, attribute or
+model version in it writes nothing; every Redis error becomes a one-line ``TwinstreamError``.
+Scores are cosine similarities in [-1, 1] (Redis reports (1 + cos) / 2; ``index/query.py``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 
-from twinstream.errors import (
-    IndexMismatchError,
-    InputError,
-    NotFoundError,
-    ServiceUnavailable,
-)
+from index import layout
+from index.connection import Client, connect, require_vector_sets, translate_errors
+from index.query import MAX_K, Hit, SearchOptions, merge_hits, parse_attributes, parse_hits
+from twinstream.errors import ConfigError, IndexMismatchError, InputError, NotFoundError
+from twinstream.messages import MAX_ID_BYTES
 from twinstream.modelcard import ModelCard
+from twinstream.settings import QUANTIZATIONS
 
-MAX_K = 10_000
+__all__ = ["MAX_K", "Hit", "IndexInfo", "StoredItem", "VectorIndex", "connect",
+           "require_vector_sets"]
 
+UPSERT_CHUNK = 1000  # commands per pipeline round trip
 
-def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
-    """A client for ``url`` after checking it is reachable, authorised and has vector sets."""
-    if not url:
-        raise ServiceUnavailable(
-            "no Redis configured: set TWINSTREAM_REDIS_URL or pass --redis-url "
-            "(or run 'twinstream up' for a local one)")
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                      socket_connect_timeout=timeout_s)
-        client.ping()
-    except redis.AuthenticationError as exc:
-        raise ServiceUnavailable(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
-    except redis.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise ServiceUnavailable(
-                f"Redis at {_safe(url)} needs a password (redis://:PASSWORD@host:port): "
-                f"{exc}") from None
-        raise ServiceUnavailable(f"Redis at {_safe(url)}: {exc}") from None
-    except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
-        raise ServiceUnavailable(
-            f"cannot reach Redis at {_safe(url)} ({exc}); is it running and is the URL "
-            "right?") from None
-    require_vector_sets(client, url)
-    return client
-
-
-def require_vector_sets(client: redis.Redis, url: str = "") -> None:
-    try:
-        client.execute_command("VCARD", "twinstream:probe:no-such-key")
-    except redis.ResponseError:
-        version = str(client.info("server").get("redis_version", "?"))
-        raise ServiceUnavailable(
-            f"Redis {version} at {_safe(url)} has no vector sets: twinstream needs Redis >= 8.0 "
-            "vector sets (VADD/VSIM)") from None
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
-def _key(name: str, suffix: str) -> str:
-    return f"twinstream:{{{name}}}:{suffix}"
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float  # cosine similarity, -1..1
-    attributes: dict[str, Any]
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "score": self.score, "attributes": self.attributes}
+# Creates the metadata of a version unless it exists, registers the version and makes it live if
+# the name has no live version yet: one atomic step, however many workers start at once.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'version', ARGV[1], 'dim', ARGV[2], 'metric', ARGV[3],
+             'quant', ARGV[4], 'shards', ARGV[5], 'created_at', ARGV[6], 'card', ARGV[7])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[1], 'NX')
+return redis.call('HGETALL', KEYS[1])
+"""
+# Points the alias at a version that exists, in one step (a reader sees the old or the new one).
+_PROMOTE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+_EXPECTED_TYPES = {"alias": b"string", "versions": b"set", "meta": b"hash", "thumbs": b"hash"}
 
 
 @dataclass(frozen=True)
@@ -96,70 +62,116 @@ class IndexInfo:
     dim: int
     metric: str = "cosine"
     threshold: float | None = None
-    quant: str = "q8"  # fixed when the vector set is created; every VADD repeats it
+    quant: str = "q8"  # fixed when the version is created
+    shards: int = 1  # fixed when the version is created
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    vector: np.ndarray  # as stored: approximate under q8/bin quantization
+    attributes: dict[str, Any]
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "vector": self.vector.tolist(), "attributes": self.attributes}
+
+
+def decode_hash(meta: dict) -> dict[str, str]:
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
+                                                          else str(v)) for k, v in meta.items()}
+
+
+def info_from_meta(name: str, meta: dict[str, str]) -> IndexInfo:
+    card = json.loads(meta.get("card") or "{}")
+    return IndexInfo(name, meta["version"], int(meta["dim"]), meta.get("metric", "cosine"),
+                     card.get("threshold"), meta.get("quant", "q8"), int(meta.get("shards", 1)))
 
 
 class VectorIndex:
     """One version of a named index."""
 
-    def __init__(self, client: redis.Redis, info: IndexInfo):
+    def __init__(self, client: Client, info: IndexInfo, ef: int | None = None):
         self.client = client
         self.info = info
-        self.vset = _key(info.name, f"{info.version}:vset")
-        self.meta = _key(info.name, f"{info.version}:meta")
-        # Thumbnails depend on the image, not the model: one hash per index name.
-        self.thumbs = _key(info.name, "thumbs")
+        self.ef = ef  # default exploration factor of searches (None: Redis's default)
+        self.keys = layout.shard_keys(info.name, info.version, info.shards)
+        self.vset = self.keys[0]
+        self.meta = layout.meta_key(info.name, info.version)
+        self.thumbs = layout.thumbs_key(info.name)
 
     # --- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def for_model(cls, client: redis.Redis, name: str, card: ModelCard,
-                  quant: str = "q8") -> VectorIndex:
+    def for_model(cls, client: Client, name: str, card: ModelCard, quant: str = "q8", *,
+                  shards: int = 1, ef: int | None = None) -> VectorIndex:
         """The index version of ``card``'s model, created on first use. The first version of a
         name becomes its live version; later ones wait for ``twinstream index promote``.
-        ``quant`` applies only when this call creates the version."""
-        meta_key = _key(name, f"{card.version}:meta")
-        client.hsetnx(meta_key, "quant", quant)  # first writer decides, atomically
-        if client.hsetnx(meta_key, "dim", card.embedding_dim):
-            client.hset(meta_key, mapping={
-                "metric": card.metric, "version": card.version, "created_at": time.time(),
-                "card": json.dumps(card.to_dict())})
-        stored = client.hgetall(meta_key)
-        if int(stored[b"dim"]) != card.embedding_dim:
+        ``quant`` and ``shards`` apply only when this call creates the version."""
+        layout.check_name(name)
+        layout.check_version(card.version)
+        layout.check_shards(shards)
+        if quant not in QUANTIZATIONS:
+            raise InputError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, "
+                             f"got {quant!r}")
+        keys = (layout.meta_key(name, card.version), layout.versions_key(name),
+                layout.alias_key(name))
+        with guard(client, name, card.version, shards):
+            raw = client.eval(_CREATE, 3, *keys, card.version, card.embedding_dim, card.metric,
+                              quant, shards, time.time(), json.dumps(card.to_dict()))
+            client.sadd(layout.INDEXES_KEY, name)
+        stored = decode_hash(dict(zip(raw[0::2], raw[1::2], strict=True)))
+        index = cls(client, info_from_meta(name, stored), ef=ef)
+        if index.info.dim != card.embedding_dim:
             raise IndexMismatchError(
-                f"index {name!r} version {card.version} has dimension {int(stored[b'dim'])}, "
+                f"index {name!r} version {card.version} has dimension {index.info.dim}, "
                 f"the model gives {card.embedding_dim}")
-        client.set(_key(name, "alias"), card.version, nx=True)
-        return cls(client, IndexInfo(name, card.version, card.embedding_dim, card.metric,
-                                     card.threshold, stored[b"quant"].decode()))
+        with guard(client, name):
+            index._check_key_types()
+        return index
 
     @staticmethod
-    def live_version(client: redis.Redis, name: str) -> str | None:
+    def live_version(client: Client, name: str) -> str | None:
         """The model version queries of index ``name`` use, or None if it has none yet."""
-        version = client.get(_key(name, "alias"))
+        layout.check_name(name)
+        with guard(client, name):
+            version = client.get(layout.alias_key(name))
         return version.decode() if version is not None else None
 
     @staticmethod
-    def promote(client: redis.Redis, name: str, version: str) -> None:
-        """Point the alias at ``version`` (one SET: atomic for every reader)."""
-        if not client.exists(_key(name, f"{version}:meta")):
+    def promote(client: Client, name: str, version: str) -> None:
+        """Make ``version`` the live one: one atomic step, so every reader sees the old or the
+        new version, never a mix."""
+        layout.check_name(name)
+        keys = (layout.alias_key(name), layout.meta_key(name, layout.check_version(version)))
+        with guard(client, name, version):
+            done = client.eval(_PROMOTE, 2, *keys, version)
+        if not done:
             raise NotFoundError(f"index {name!r} has no version {version}")
-        client.set(_key(name, "alias"), version)
 
     @classmethod
-    def live(cls, client: redis.Redis, name: str) -> VectorIndex:
+    def open(cls, client: Client, name: str, version: str, *, ef: int | None = None
+             ) -> VectorIndex:
+        """A given version of index ``name`` (live or not)."""
+        layout.check_name(name)
+        layout.check_version(version)
+        with guard(client, name, version):
+            meta = decode_hash(client.hgetall(layout.meta_key(name, version)))
+        if not meta:
+            raise NotFoundError(f"index {name!r} has no version {version}")
+        meta.setdefault("version", version)
+        return cls(client, info_from_meta(name, meta), ef=ef)
+
+    @classmethod
+    def live(cls, client: Client, name: str, *, ef: int | None = None) -> VectorIndex:
         """The version of index ``name`` that queries use."""
         version = cls.live_version(client, name)
         if version is None:
             raise NotFoundError(f"index {name!r} does not exist yet: run a worker to fill it")
-        meta = client.hgetall(_key(name, f"{version}:meta"))
-        if not meta:
+        try:
+            return cls.open(client, name, version, ef=ef)
+        except NotFoundError:
             raise NotFoundError(f"index {name!r} points at version {version}, "
-                                "which has no metadata")
-        card = json.loads(meta.get(b"card", b"{}"))
-        return cls(client, IndexInfo(name, version, int(meta[b"dim"]),
-                                     meta.get(b"metric", b"cosine").decode(),
-                                     card.get("threshold"), meta.get(b"quant", b"q8").decode()))
+                                "which has no metadata") from None
 
     def check_model(self, card: ModelCard) -> None:
         if card.version != self.info.version:
@@ -167,84 +179,206 @@ class VectorIndex:
                 f"index {self.info.name!r} (live version {self.info.version}) was built by "
                 f"another model than {card.version}; embed with the model that built it, or "
                 "re-index")
+        if card.embedding_dim != self.info.dim:
+            raise IndexMismatchError(
+                f"index {self.info.name!r} has dimension {self.info.dim}, the model gives "
+                f"{card.embedding_dim}")
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def errors_during(self, action: str):
+        info = self.info
+        return guard(self.client, info.name, info.version, info.shards,
+                      f"index {info.name!r} version {info.version}: {action}")
+
+    def _check_key_types(self) -> None:
+        """Refuse early when a key of this version holds something other than ours."""
+        info = self.info
+        problem = foreign_keys(self.client, info.name, info.version, info.shards)
+        if problem:
+            raise ConfigError(
+                f"index {self.info.name!r}: {problem}; the index name is taken by something "
+                "else: choose another --index or delete those keys")
 
     # --- writes ----------------------------------------------------------------------------------
 
     def _check_vector(self, vector: np.ndarray) -> np.ndarray:
-        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        try:
+            v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            raise InputError("vector is not a list of numbers") from None
         if v.shape[0] != self.info.dim:
             raise IndexMismatchError(
                 f"vector has dimension {v.shape[0]}, index {self.info.name!r} has {self.info.dim}")
         if not np.all(np.isfinite(v)):
             raise InputError("vector contains NaN or infinity")
+        if not np.any(v):
+            raise InputError("vector is all zeros: its cosine similarity is undefined")
         return v
 
+    def _check_id(self, image_id: str) -> str:
+        if not isinstance(image_id, str) or not image_id:
+            raise InputError(f"image id must be a non-empty string, got {image_id!r}")
+        if len(image_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            raise InputError(f"image id is longer than {MAX_ID_BYTES} bytes: {image_id[:40]!r}...")
+        return image_id
+
+    def _attributes_json(self, image_id: str, attributes: dict[str, Any] | None) -> str:
+        attributes = attributes or {}
+        if not isinstance(attributes, dict):
+            raise InputError(f"attributes of {image_id!r} must be a JSON object")
+        version = attributes.get("model_version")
+        if version is not None and version != self.info.version:
+            raise IndexMismatchError(
+                f"{image_id!r} was embedded by model {version}, index {self.info.name!r} "
+                f"version {self.info.version} holds another model's embeddings")
+        try:  # raw UTF-8, not \\u escapes: Redis filters compare the decoded text byte by byte
+            return json.dumps(attributes, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"attributes of {image_id!r} are not valid JSON: {exc}") from None
+
     def upsert(self, items: Iterable[tuple[str, np.ndarray, dict[str, Any]]]) -> int:
-        """Add or replace elements (idempotent per id), pipelined in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        n = 0
+        """Add or replace elements (idempotent per id), pipelined. The whole batch is checked
+        first: if any item is bad, nothing is written."""
+        quant = self.info.quant.upper()
+        commands = []
         for image_id, vector, attributes in items:
-            v = self._check_vector(vector)
-            pipe.execute_command("VADD", self.vset, "FP32", v.astype("<f4").tobytes(), image_id,
-                                 self.info.quant.upper(),
-                                 "SETATTR", json.dumps(attributes, sort_keys=True))
-            n += 1
-        if n:
-            pipe.execute()
-        return n
+            key = self.keys[layout.shard_of(self._check_id(image_id), self.info.shards)]
+            blob = self._check_vector(vector).astype("<f4").tobytes()
+            commands.append(("VADD", key, "FP32", blob, image_id, quant,
+                             "SETATTR", self._attributes_json(image_id, attributes)))
+        with self.errors_during("upsert"):
+            for start in range(0, len(commands), UPSERT_CHUNK):
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands[start:start + UPSERT_CHUNK]:
+                    pipe.execute_command(*command)
+                pipe.execute()
+        return len(commands)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove ids (and their thumbnails); returns how many were present."""
+        ids = [self._check_id(i) for i in ids]
         if not ids:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        for image_id in ids:
-            pipe.execute_command("VREM", self.vset, image_id)
-        pipe.hdel(self.thumbs, *ids)
-        return sum(int(r) for r in pipe.execute()[:-1])
+        with self.errors_during("delete"):
+            pipe = self.client.pipeline(transaction=False)
+            for image_id in ids:
+                pipe.execute_command("VREM", self._key_of(image_id), image_id)
+            pipe.hdel(self.thumbs, *ids)
+            return sum(int(r) for r in pipe.execute()[:-1])
 
     def put_thumbnails(self, thumbnails: dict[str, bytes]) -> None:
         if thumbnails:
-            self.client.hset(self.thumbs, mapping=thumbnails)
+            with self.errors_during("store thumbnails"):
+                self.client.hset(self.thumbs, mapping=thumbnails)
 
     def thumbnail(self, image_id: str) -> bytes | None:
-        return self.client.hget(self.thumbs, image_id)
+        with self.errors_during("read a thumbnail"):
+            return self.client.hget(self.thumbs, image_id)
 
     # --- reads -----------------------------------------------------------------------------------
 
+    def _key_of(self, image_id: str) -> str:
+        return self.keys[layout.shard_of(image_id, self.info.shards)]
+
+    def shard_counts(self) -> list[int]:
+        with self.errors_during("count"):
+            pipe = self.client.pipeline(transaction=False)
+            for key in self.keys:
+                pipe.execute_command("VCARD", key)
+            return [int(n or 0) for n in pipe.execute()]
+
     def count(self) -> int:
-        return int(self.client.execute_command("VCARD", self.vset) or 0)
+        return sum(self.shard_counts())
 
     def vector(self, image_id: str) -> np.ndarray | None:
         """The stored (possibly quantized, so approximate) vector of an id."""
-        raw = self.client.execute_command("VEMB", self.vset, image_id)
+        with self.errors_during("read a vector"):
+            raw = self.client.execute_command("VEMB", self._key_of(image_id), image_id)
         return None if raw is None else np.array([float(x) for x in raw], dtype=np.float32)
 
+    def attributes(self, image_id: str) -> dict[str, Any] | None:
+        with self.errors_during("read attributes"):
+            raw = self.client.execute_command("VGETATTR", self._key_of(image_id), image_id)
+        if raw is None:
+            return None if not self.exists(image_id) else {}
+        return parse_attributes(raw)
+
+    def get(self, image_id: str) -> StoredItem | None:
+        vector = self.vector(image_id)
+        if vector is None:
+            return None
+        return StoredItem(image_id, vector, self.attributes(image_id) or {})
+
     def exists(self, image_id: str) -> bool:
-        return bool(self.client.execute_command("VISMEMBER", self.vset, image_id))
+        with self.errors_during("check an id"):
+            return bool(self.client.execute_command("VISMEMBER", self._key_of(image_id),
+                                                    image_id))
 
-    def search(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
-        if not 1 <= k <= MAX_K:
-            raise InputError(f"k must be between 1 and {MAX_K}, got {k}")
-        v = self._check_vector(vector)
-        raw = self.client.execute_command(
-            "VSIM", self.vset, "FP32", v.astype("<f4").tobytes(), "WITHSCORES", "WITHATTRIBS",
-            "COUNT", k)
-        return [_hit(element, value) for element, value in _pairs(raw)]
+    def search(self, vector: np.ndarray, k: int = 10, *, filter: str | None = None,
+               ef: int | None = None, exact: bool = False, filter_ef: int | None = None
+               ) -> list[Hit]:
+        """The ``k`` most similar elements, best first. ``filter``: an attribute expression
+        (``.label == "cat" and .source == "cam1"``); ``ef``: exploration factor (higher: better
+        recall, slower); ``exact``: a linear scan (Redis TRUTH), the true top-k."""
+        options = SearchOptions.build(k, filter, self.ef if ef is None else ef, filter_ef, exact)
+        blob = self._check_vector(vector).astype("<f4").tobytes()
+        return self._search(options, [("FP32", blob)] * len(self.keys))
+
+    def search_by_id(self, image_id: str, k: int = 10, *, filter: str | None = None,
+                     ef: int | None = None, exact: bool = False, filter_ef: int | None = None
+                     ) -> list[Hit]:
+        """More like this: the ``k`` elements most similar to an indexed id (itself left out)."""
+        options = SearchOptions.build(k, filter, self.ef if ef is None else ef, filter_ef, exact)
+        self._check_id(image_id)
+        owner = layout.shard_of(image_id, self.info.shards)
+        queries: list[tuple] = [("ELE", image_id)] * len(self.keys)
+        if self.info.shards > 1:  # other shards do not hold the element: send its vector
+            vector = self.vector(image_id)
+            if vector is None:
+                raise NotFoundError(f"no id {image_id!r} in index {self.info.name!r}")
+            blob = vector.astype("<f4").tobytes()
+            queries = [("ELE", image_id) if i == owner else ("FP32", blob)
+                       for i in range(len(self.keys))]
+        try:
+            return self._search(options.with_k(min(k + 1, MAX_K)), queries, exclude=image_id,
+                                k=k)
+        except NotFoundError:
+            raise NotFoundError(f"no id {image_id!r} in index {self.info.name!r}") from None
+
+    def _search(self, options: SearchOptions, queries: list[tuple], exclude: str | None = None,
+                k: int | None = None) -> list[Hit]:
+        with self.errors_during("search"):
+            if len(self.keys) == 1:
+                raw = [self.client.execute_command(*options.command(self.keys[0], queries[0]))]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for key, query in zip(self.keys, queries, strict=True):
+                    pipe.execute_command(*options.command(key, query))
+                raw = pipe.execute()
+        return merge_hits((parse_hits(r) for r in raw), k or options.k, exclude=exclude)
 
 
-def _pairs(raw: Any) -> list[tuple[Any, Any]]:
-    """VSIM replies as a dict (RESP3 / redis-py parsing) or a flat list; normalise."""
-    if isinstance(raw, dict):
-        return list(raw.items())
-    return list(zip(raw[0::3], zip(raw[1::3], raw[2::3], strict=True), strict=True))
+def guard(client: Client, name: str, version: str | None = None, shards: int = 1,
+           context: str | None = None):
+    """Redis errors inside become ours; a WRONGTYPE one names the key that holds what."""
+    return translate_errors(context or f"index {name!r}",
+                            lambda: foreign_keys(client, name, version, shards))
 
 
-def _hit(element: Any, value: Any) -> Hit:
-    score, attrs = value if isinstance(value, (list, tuple)) else (value, None)
-    image_id = element.decode() if isinstance(element, bytes) else str(element)
-    if isinstance(attrs, bytes):
-        attrs = attrs.decode()
-    cosine = 2.0 * float(score) - 1.0
-    return Hit(image_id, cosine if math.isfinite(cosine) else -1.0,
-               json.loads(attrs) if attrs else {})
+def foreign_keys(client: Client, name: str, version: str | None = None, shards: int = 1) -> str:
+    """Which key of an index holds a value of the wrong type (empty when none does)."""
+    expected = {layout.alias_key(name): _EXPECTED_TYPES["alias"],
+                layout.versions_key(name): _EXPECTED_TYPES["versions"],
+                layout.thumbs_key(name): _EXPECTED_TYPES["thumbs"]}
+    if version is not None:
+        expected[layout.meta_key(name, version)] = _EXPECTED_TYPES["meta"]
+        expected.update({key: b"vectorset" for key in layout.shard_keys(name, version, shards)})
+    pipe = client.pipeline(transaction=False)
+    for key in expected:
+        pipe.type(key)
+    for (key, want), got in zip(expected.items(), pipe.execute(), strict=True):
+        got = got if isinstance(got, bytes) else str(got).encode()
+        if got not in (b"none", want):
+            return f"Redis key {key} holds a {got.decode()}, not a {want.decode()}"
+    return ""

@@ -63,6 +63,12 @@ class RedisSettings:
     quant: str = setting(
         "q8", "Vector quantization of a new index version: q8 (4x smaller), noquant (exact "
         "float32) or bin (1 bit per dimension).", flag="--quant")
+    shards: int = setting(
+        1, "Vector-set shards of a new index version; more than 1 spreads a big index over the "
+        "masters of a Redis Cluster (queries fan out and merge).", flag="--shards")
+    ef: int = setting(
+        0, "Search exploration factor (HNSW EF): higher finds more of the true nearest "
+        "neighbours, slower; 0 uses Redis's default (100, or k when larger).", flag="--ef")
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,12 @@ def _validate(settings: Settings) -> None:
     if settings.redis.quant not in QUANTIZATIONS:
         raise ConfigError(f"TWINSTREAM_REDIS_QUANT must be one of {', '.join(QUANTIZATIONS)}, "
                           f"got {settings.redis.quant!r}")
+    if not 1 <= settings.redis.shards <= 1024:
+        raise ConfigError(f"TWINSTREAM_REDIS_SHARDS must be between 1 and 1024, "
+                          f"got {settings.redis.shards}")
+    if not 0 <= settings.redis.ef <= 1_000_000:
+        raise ConfigError(f"TWINSTREAM_REDIS_EF must be between 0 and 1000000, "
+                          f"got {settings.redis.ef}")
     non_negative = {
         "TWINSTREAM_WORKER_MAX_WAIT_MS": settings.worker.max_wait_ms,
         "TWINSTREAM_WORKER_PROCESSES": settings.worker.processes,

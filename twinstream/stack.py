@@ -330,3 +330,108 @@ def with_services(settings: Settings, stack: LocalStack) -> Settings:
     return replace(settings,
                    kafka=replace(settings.kafka, bootstrap=stack.kafka_bootstrap),
                    redis=replace(settings.redis, url=stack.redis_url))
+
+
+# --- a local Redis Cluster (for sharded indexes) -----------------------------------------------
+
+CLUSTER_SLOTS = 16384
+
+
+def redis_command(host: str, port: int, *args: object, timeout_s: float = 5.0) -> bytes | int:
+    """One command over a fresh connection; the reply as bytes (status or bulk) or an int.
+
+    Enough RESP for cluster set-up (CLUSTER ADDSLOTSRANGE / MEET / INFO), without a client
+    library, so ``twinstream/`` keeps to the standard library here.
+    """
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.sendall(_resp(*(str(a) for a in args)))
+        reader = sock.makefile("rb")
+        line = reader.readline().rstrip(b"\r\n")
+        kind, rest = line[:1], line[1:]
+        if kind == b"-":
+            raise ConnectionError(f"Redis refused {args[0]} {args[1] if len(args) > 1 else ''}: "
+                                  f"{rest.decode(errors='replace')}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return b"" if size < 0 else reader.read(size + 2)[:size]
+        return rest
+
+
+class LocalRedisCluster:
+    """``masters`` Redis 8 servers on loopback joined into a Redis Cluster, each serving an equal
+    range of the 16384 slots (no replicas: a test and development cluster). Every node is a
+    ``redis_process``, so none outlives its caller. Use as a context manager or call ``stop``.
+    """
+
+    def __init__(self, workdir: str | Path | None = None, masters: int = 3,
+                 node_timeout_ms: int = 2000):
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="twinstream-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.nodes: list[ServiceProcess] = []
+        self.bus_ports: list[int] = []
+        for _ in range(masters):
+            port, bus_port = free_port(), free_port()  # the default bus port (+10000) may not fit
+            self.bus_ports.append(bus_port)
+            self.nodes.append(redis_process(self.workdir, port=port, extra_args=[
+                "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                "--cluster-config-file", str(self.workdir / f"nodes-{port}.conf"),
+                "--cluster-node-timeout", str(node_timeout_ms)]))
+        self._finalizer = weakref.finalize(self, LocalStack._cleanup, list(self.nodes),
+                                           self.workdir if self._own_workdir else None)
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> LocalRedisCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            n = len(self.nodes)
+            bounds = [i * CLUSTER_SLOTS // n for i in range(n + 1)]
+            for i, node in enumerate(self.nodes):
+                redis_command("127.0.0.1", node.port, "CLUSTER", "ADDSLOTSRANGE", bounds[i],
+                              bounds[i + 1] - 1)
+            for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
+                redis_command("127.0.0.1", self.nodes[0].port, "CLUSTER", "MEET", "127.0.0.1",
+                              node.port, bus_port)
+            self._wait_until_ready(timeout_s)
+        except (OSError, ConnectionError) as exc:
+            self.stop()
+            raise StackStartError(f"the local Redis Cluster did not form: {exc}") from exc
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self, timeout_s: float) -> None:
+        """Until every node knows every other and sees all slots served (gossip takes ~1 s)."""
+        deadline = time.monotonic() + timeout_s
+        want = (b"cluster_state:ok", b"cluster_slots_ok:%d" % CLUSTER_SLOTS,
+                b"cluster_known_nodes:%d" % len(self.nodes))
+        while True:
+            infos = [redis_command("127.0.0.1", node.port, "CLUSTER", "INFO")
+                     for node in self.nodes]
+            if all(all(w in info for w in want) for info in infos):
+                return
+            if time.monotonic() > deadline:
+                raise StackStartError(f"the local Redis Cluster was not ready within "
+                                      f"{timeout_s:.0f}s:\n{infos[0].decode(errors='replace')}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A URL of one node; ``index.connection.connect`` discovers the others."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"

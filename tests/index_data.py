@@ -1,0 +1,32 @@
+"""Vectors and cards for the index tests: clustered like real embeddings, not uniform noise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twinstream.modelcard import ModelCard
+from twinstream.preprocess import Preprocessing
+
+
+def card(version: str = "m1", dim: int = 24, threshold: float | None = 0.8) -> ModelCard:
+    return ModelCard(embedding_dim=dim, preprocessing=Preprocessing(), threshold=threshold,
+                     version=version)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, dim: int = 24, clusters: int = 10, spread: float = 0.35,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors around ``clusters`` random centres, and each vector's cluster."""
+    rng = np.random.default_rng(seed)
+    centres = normalise(rng.normal(size=(clusters, dim)))
+    labels = rng.integers(0, clusters, size=n)
+    noise = rng.normal(size=(n, dim)) * spread / np.sqrt(dim)
+    return normalise(centres[labels] + noise), labels
+
+
+def exact_top_k(data: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    scores = data @ query
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]

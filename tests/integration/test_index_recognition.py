@@ -1,0 +1,127 @@
+"""One-shot recognition, "the employee at the door", with a real exported model and real Redis 8.
+
+A small encoder is trained for a few seconds on scikit-learn's handwritten digits (the bundled
+data set) and exported to ONNX. Digits 0-6 are the employees: each is enrolled from ONE held-out
+image. Every other held-out image is a probe: employees must be recognised as themselves, digits
+7-9 (strangers: never enrolled) rejected as unknown. The strangers' classes were seen in
+training, as a face model has seen other faces; they were never enrolled.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index.recognition import enroll, recognize
+from index.store import VectorIndex, connect
+from twinstream.cli import main
+from twinstream.runtime import Encoder
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+EMPLOYEES = list(range(7))
+
+
+def _png(pixels: np.ndarray, path):
+    Image.fromarray((pixels * (255 / 16)).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """(model path, held-out image paths, their digits)."""
+    from sklearn.datasets import load_digits
+
+    from export.onnx_export import export_onnx
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("digits")
+    data = load_digits()
+    order = np.random.default_rng(0).permutation(len(data.target))
+    train_idx, held_idx = order[:1100], order[1100:]
+    for i in train_idx:
+        folder = root / "train" / str(data.target[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        _png(data.images[i], folder / f"{i}.png")
+    train(TrainConfig(data=str(root / "train"), out=str(root / "run"), arch="small",
+                      image_size=16, channels=1, embedding_dim=32, epochs=4, seed=0),
+          log=lambda _m: None)
+    samples = sorted((root / "train").rglob("*.png"))[:16]
+    model = root / "model.onnx"
+    export_onnx(root / "run" / "best.pt", model, [p.read_bytes() for p in samples])
+    (root / "held").mkdir()
+    paths = [_png(data.images[i], root / "held" / f"{i}.png") for i in held_idx]
+    return model, paths, data.target[held_idx]
+
+
+def test_employee_at_the_door(digits, settings, capsys):
+    model, paths, digit = digits
+    encoder = Encoder(model)
+    vectors = encoder.embed_bytes([p.read_bytes() for p in paths]).vectors
+    index = VectorIndex.for_model(connect(settings.redis.url), settings.redis.index, encoder.card)
+    references = {d: int(np.flatnonzero(digit == d)[0]) for d in EMPLOYEES}
+    for d, i in references.items():
+        if d == 0:  # one through the command line, the rest through the library
+            assert main(["enroll", str(paths[i]), "--label", "zero", "--model", str(model),
+                         "--redis-url", settings.redis.url, "--index", settings.redis.index,
+                         "--json", "-q"]) == 0
+            assert json.loads(capsys.readouterr().out)["label"] == "zero"
+        else:
+            enroll(index, f"ref-{d}", vectors[i], f"digit-{d}")
+    assert index.count() == len(EMPLOYEES)
+    names = {0: "zero", **{d: f"digit-{d}" for d in EMPLOYEES[1:]}}
+    ref_matrix = np.stack([vectors[references[d]] for d in EMPLOYEES])
+    probes = [i for i in range(len(paths)) if i not in references.values()]
+
+    def door(threshold):
+        """Decisions through the index, checked against brute force; acceptance rates."""
+        known_ok = stranger_rejected = 0
+        for i in probes:
+            result = recognize(index, vectors[i], threshold=threshold)
+            scores = ref_matrix @ vectors[i]
+            best = int(np.argmax(scores))
+            assert result.score == pytest.approx(float(scores[best]), abs=0.01)  # q8 rounding
+            if abs(scores[best] - result.threshold) > 0.01:
+                expected = names[EMPLOYEES[best]] if scores[best] >= result.threshold else None
+                assert result.label == expected, (i, result.to_dict())
+            if digit[i] in EMPLOYEES:
+                known_ok += result.label == names[digit[i]]
+            else:
+                stranger_rejected += not result.known
+        employees = sum(digit[i] in EMPLOYEES for i in probes)
+        return known_ok / employees, stranger_rejected / (len(probes) - employees)
+
+    card = encoder.card
+    known, rejected = door(None)  # the card's threshold (equal error rate)
+    assert known >= 0.85 and rejected >= 0.4, (known, rejected, card.threshold)
+    strict = max([card.threshold, *card.thresholds.values()])  # e.g. FAR 1%: a stricter door
+    known_strict, rejected_strict = door(strict)
+    assert rejected_strict >= 0.7 and known_strict >= 0.6, (known_strict, rejected_strict)
+    assert rejected_strict >= rejected and known_strict <= known
+
+    stranger = next(i for i in probes if digit[i] == 8)
+    employee = next(i for i in probes if digit[i] == 3)
+    for i, threshold in ((employee, None), (stranger, 1.0)):
+        argv = ["recognize", str(paths[i]), "--model", str(model), "--redis-url",
+                settings.redis.url, "--index", settings.redis.index, "--json"]
+        assert main(argv + (["--threshold", str(threshold)] if threshold else [])) == 0
+        answer = json.loads(capsys.readouterr().out)
+        library = recognize(index, vectors[i], threshold=threshold)
+        assert answer["label"] == (library.label or "unknown") and answer["known"] == library.known
+    assert answer["label"] == "unknown"  # nothing reaches similarity 1.0
+
+
+def test_verify_two_images(digits, capsys):
+    model, paths, digit = digits
+    encoder = Encoder(model)
+    a, b, c = (int(np.flatnonzero(digit == d)[k]) for d, k in ((5, 0), (5, 1), (1, 0)))
+    vectors = encoder.embed_bytes([paths[i].read_bytes() for i in (a, b, c)]).vectors
+    for other, vector in ((b, vectors[1]), (c, vectors[2])):
+        assert main(["verify", str(paths[a]), str(paths[other]), "--model", str(model),
+                     "--json"]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["score"] == pytest.approx(float(vectors[0] @ vector), abs=1e-5)
+        assert answer["threshold"] == pytest.approx(encoder.card.threshold)
+        assert answer["same"] == (answer["score"] >= answer["threshold"])
+    assert main(["verify", str(paths[a]), str(paths[a]), "--model", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["same"] is True
