@@ -17,11 +17,10 @@ import numpy as np
 import redis
 from PIL import Image
 
-from api import store_extras
 from api.errors import ApiError
-from api.filters import FilterError, validate_filter
 from api.images import decode_upload
 from api.metrics import ApiMetrics
+from index.filters import parse_filter
 from index.recognition import enroll, recognize, resolve_threshold, verify
 from index.store import Hit, VectorIndex, connect
 from twinstream.errors import InputError, NotFoundError, ServiceUnavailable
@@ -116,9 +115,10 @@ class SearchService:
 
     @staticmethod
     def check_filter(expression: str | None) -> str | None:
+        """The filter as given (stripped), or None; the index's parser says what is wrong."""
         try:
-            return validate_filter(expression)
-        except FilterError as exc:
+            return expression.strip() if parse_filter(expression) else None
+        except InputError as exc:
             raise ApiError(422, f"filter: {exc}", [{"field": "filter", "message": str(exc)}]
                            ) from None
 
@@ -166,12 +166,12 @@ class SearchService:
     def _query(self, index: VectorIndex, vector: np.ndarray, k: int, filter: str | None,
                timings: dict[str, float]) -> list[Hit]:
         try:
-            return self._timed("index_query", timings, store_extras.search, index, vector, k,
-                               filter)
-        except (redis.ResponseError, InputError) as exc:
+            return self._timed("index_query", timings,
+                               lambda: index.search(vector, k=k, filter=filter))
+        except InputError as exc:
             if filter is None:
                 raise
-            # Our tokenizer passed it, but Redis's grammar is the final judge.
+            # Our parser passed it, but Redis's grammar is the final judge.
             message = str(exc).splitlines()[0]
             raise ApiError(422, f"filter: {message}",
                            [{"field": "filter", "message": message}]) from None
@@ -199,7 +199,7 @@ class SearchService:
 
     def item(self, image_id: str, with_vector: bool = False) -> tuple[VectorIndex, dict, Any]:
         index = self.live_index()
-        attrs = store_extras.attributes(index, image_id)
+        attrs = index.attributes(image_id)
         if attrs is None:
             raise ApiError(404, f"no item {image_id!r} in index {index.info.name!r}")
         vector = index.vector(image_id) if with_vector else None
@@ -293,11 +293,9 @@ class SearchService:
         if live is not None and live != encoder.version:
             raise ApiError(409, f"index {self.settings.redis.index!r} is live at model version "
                                 f"{live}; this server's model is {encoder.version}")
-        index = VectorIndex.for_model(client, self.settings.redis.index, encoder.card,
-                                      self.settings.redis.quant)
+        index = VectorIndex.for_settings(client, self.settings.redis, encoder.card)
         index.put_thumbnails({image_id: make_thumbnail(image)})
-        enroll(index, image_id, vector, label,
-               {**attributes, "model_version": encoder.version, "ingested_at": time.time()})
+        enroll(index, image_id, vector, label, attributes)
         return image_id, index
 
     def ingest(self, uploads: list[tuple[bytes, str]], image_id: str | None,

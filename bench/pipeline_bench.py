@@ -43,7 +43,7 @@ from index.store import VectorIndex, connect  # noqa: E402
 from twinstream.messages import ImageMessage, content_id  # noqa: E402
 from twinstream.preprocess import preprocess_bytes  # noqa: E402
 from twinstream.runtime import Encoder  # noqa: E402
-from twinstream.settings import load_settings  # noqa: E402
+from twinstream.settings import child_env, load_settings  # noqa: E402
 from twinstream.stack import LocalStack, with_services  # noqa: E402
 from worker.heartbeat import list_workers  # noqa: E402
 from worker.kafka_io import ensure_topics, make_producer  # noqa: E402
@@ -118,17 +118,8 @@ def publish(settings, images: list[bytes]) -> list[str]:
 
 
 def environment(settings) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
-    env.update({"TWINSTREAM_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
-                "TWINSTREAM_KAFKA_TOPIC": settings.kafka.topic,
-                "TWINSTREAM_KAFKA_GROUP": settings.kafka.group,
-                "TWINSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
-                "TWINSTREAM_REDIS_URL": settings.redis.url,
-                "TWINSTREAM_REDIS_INDEX": settings.redis.index,
-                "TWINSTREAM_MODEL_PATH": settings.model.path,
-                "TWINSTREAM_WORKER_BATCH": str(settings.worker.batch),
-                "TWINSTREAM_MODEL_THREADS": str(settings.model.threads)})
-    return env
+    quick_join = replace(settings, kafka=replace(settings.kafka, session_timeout_ms=6000))
+    return child_env(quick_join, os.environ)
 
 
 def start_workers(settings, processes: int) -> subprocess.Popen:

@@ -34,7 +34,7 @@ from index.store import VectorIndex, connect
 from twinstream.files import expand_paths
 from twinstream.messages import ImageMessage, content_id, now_ms
 from twinstream.runtime import Encoder
-from twinstream.settings import Settings, load_settings, setting_specs
+from twinstream.settings import Settings, child_env, load_settings
 from twinstream.stack import stack_for, with_services
 from worker.kafka_io import ensure_topics, make_producer
 
@@ -64,12 +64,6 @@ def publish_backlog(settings: Settings, blobs: list[tuple[str, bytes]], records:
         producer.close(timeout=10)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``settings`` as the TWINSTREAM_* variables a child process reads them from."""
-    return {spec.env: str(getattr(getattr(settings, spec.section), spec.name))
-            for spec in setting_specs()}
-
-
 def drain_rate(settings: Settings, model: str, records: int, processes: int,
                timeout_s: float) -> dict:
     """Run `twinstream worker` on the backlog; records/s from the first write to the last."""
@@ -77,10 +71,9 @@ def drain_rate(settings: Settings, model: str, records: int, processes: int,
         settings, kafka=replace(settings.kafka, session_timeout_ms=6000),  # a quick first join
         model=replace(settings.model, path=model, threads=1),
         worker=replace(settings.worker, processes=processes))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
-    env.update(settings_env(worker_settings))
-    index = VectorIndex.for_model(connect(settings.redis.url), settings.redis.index,
-                                  Encoder(model).card, settings.redis.quant)
+    env = child_env(worker_settings, os.environ)
+    index = VectorIndex.for_settings(connect(settings.redis.url), settings.redis,
+                                     Encoder(model).card)
     worker = subprocess.Popen([sys.executable, "-m", "twinstream", "worker", "-q"], env=env)
     first = last = None
     count = 0

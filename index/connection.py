@@ -105,6 +105,12 @@ def _reason(exc: Exception) -> str:
     return text.split("caused error: ", 1)[1] if "caused error: " in text else text
 
 
+# Server states that pass (a restart loading its AOF, a failover, memory pressure): a caller that
+# retries will succeed later, so they map to ServiceUnavailable like a lost connection.
+TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+                     "NOREPLICAS", "MISCONF", "BUSY")
+
+
 @contextmanager
 def translate_errors(context: str, wrongtype: Callable[[], str] | None = None) -> Iterator[None]:
     """Redis exceptions raised inside become one-line ``TwinstreamError``s about ``context``.
@@ -121,6 +127,8 @@ def translate_errors(context: str, wrongtype: Callable[[], str] | None = None) -
         raise ServiceUnavailable(f"{context}: lost the connection to Redis ({exc})") from None
     except redis.ResponseError as exc:
         reason = _reason(exc)
+        if reason.startswith(TRANSIENT_REPLIES):
+            raise ServiceUnavailable(f"{context}: Redis is not ready ({reason})") from None
         if "WRONGTYPE" in reason:
             detail = wrongtype() if wrongtype else "a key holds another type of value"
             raise ConfigError(f"{context}: {detail}; the index name is taken by something "

@@ -49,7 +49,7 @@ def _tokenize(text: str) -> list[_Token]:
         ch = text[i]
         if ch.isspace():
             i += 1
-        elif ch.isdigit():
+        elif ch in "0123456789":  # not str.isdigit: '¹' is a digit to Python, not to Redis
             m = _NUMBER.match(text, i)
             tokens.append(_Token("num", float(m.group()), i + 1))
             i = m.end()
@@ -61,7 +61,7 @@ def _tokenize(text: str) -> list[_Token]:
             m = _SELECTOR.match(text, i + 1)
             tokens.append(_Token("sel", m.group(), i + 1))
             i = m.end()
-        elif ch.isalpha() or ch == "_":
+        elif ch.isascii() and (ch.isalpha() or ch == "_"):
             word = _WORD.match(text, i).group()
             lowered = word.lower()
             if lowered in _WORDS:
@@ -179,7 +179,8 @@ class _Parser:
     def unary(self) -> tuple:
         if self.at("-"):
             self.take()
-            following = self.tokens[self.pos + 1]
+            # "-" as the last token leaves only the end marker: no token follows it
+            following = self.tokens[min(self.pos + 1, len(self.tokens) - 1)]
             if self.token.kind == "num" and following.value != "**":  # literal, as Redis writes
                 return ("num", -self.take().value)
             return ("neg", self.nested(self.unary))

@@ -28,7 +28,7 @@ from index.query import MAX_K, Hit, SearchOptions, merge_hits, parse_attributes,
 from twinstream.errors import ConfigError, IndexMismatchError, InputError, NotFoundError
 from twinstream.messages import MAX_ID_BYTES
 from twinstream.modelcard import ModelCard
-from twinstream.settings import QUANTIZATIONS
+from twinstream.settings import QUANTIZATIONS, RedisSettings
 
 __all__ = ["MAX_K", "Hit", "IndexInfo", "StoredItem", "VectorIndex", "connect",
            "require_vector_sets"]
@@ -100,6 +100,13 @@ class VectorIndex:
         self.thumbs = layout.thumbs_key(info.name)
 
     # --- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def for_settings(cls, client: Client, settings: RedisSettings, card: ModelCard
+                     ) -> VectorIndex:
+        """``for_model`` with the index name, quantization, shards and ef of the settings."""
+        return cls.for_model(client, settings.index, card, settings.quant,
+                             shards=settings.shards, ef=settings.ef or None)
 
     @classmethod
     def for_model(cls, client: Client, name: str, card: ModelCard, quant: str = "q8", *,

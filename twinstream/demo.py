@@ -18,7 +18,7 @@ from pathlib import Path
 
 from twinstream.errors import TwinstreamError
 from twinstream.output import Output
-from twinstream.settings import Settings
+from twinstream.settings import Settings, child_env
 from twinstream.stack import stack_for, with_services
 
 
@@ -101,24 +101,14 @@ def _ingest(settings: Settings, paths: list[Path], out: Output) -> None:
     out.info(f"   published {summary.published} images to topic {settings.kafka.topic!r}")
 
 
-def _settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
-    env.update({"TWINSTREAM_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
-                "TWINSTREAM_KAFKA_TOPIC": settings.kafka.topic,
-                "TWINSTREAM_REDIS_URL": settings.redis.url,
-                "TWINSTREAM_REDIS_INDEX": settings.redis.index,
-                "TWINSTREAM_MODEL_PATH": settings.model.path})
-    return env
-
-
 def _run_workers_until_indexed(settings: Settings, card, expected: int, cfg: DemoConfig,
                                out: Output) -> None:
     from index.store import VectorIndex, connect
 
-    index = VectorIndex.for_model(connect(settings.redis.url), settings.redis.index, card)
+    index = VectorIndex.for_settings(connect(settings.redis.url), settings.redis, card)
     proc = subprocess.Popen(
         [sys.executable, "-m", "twinstream", "worker", "--processes", str(cfg.workers), "-q"],
-        env=_settings_env(settings), start_new_session=True)
+        env=child_env(settings, os.environ), start_new_session=True)
     deadline = time.monotonic() + cfg.drain_timeout_s
     try:
         while (count := index.count()) < expected:

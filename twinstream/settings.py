@@ -292,6 +292,20 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{name} must be positive, got {value}")
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``TWINSTREAM_*`` variables that give a child process exactly them."""
+    return {spec.env: str(getattr(getattr(settings, spec.section), spec.name))
+            for spec in setting_specs()}
+
+
+def child_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` (the caller's environment) without its ``TWINSTREAM_*`` variables, plus the
+    variables of ``settings``: the environment for a ``twinstream`` child process."""
+    env = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
+    env.update(settings_env(settings))
+    return env
+
+
 def flag_specs(keys: Iterable[str]) -> list[SettingSpec]:
     """The specs of the given ``section.name`` keys, for a command that exposes them as flags."""
     by_key = {s.key: s for s in setting_specs()}

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from index.store import VectorIndex, connect
+from twinstream.encoder_options import load_encoder
 from twinstream.errors import IndexMismatchError, ServiceUnavailable, TwinstreamError
 from twinstream.metrics import MetricsServer
 from twinstream.modelcard import ModelCard
@@ -104,7 +105,7 @@ def open_index(client, settings: Settings, card: ModelCard, reindex: bool) -> Ve
             f"{card.version}: run the worker with the model that built the index, or re-embed "
             f"with 'twinstream reindex --model NEW.onnx' and then "
             f"'twinstream index promote {card.version}'")
-    return VectorIndex.for_model(client, name, card, settings.redis.quant)
+    return VectorIndex.for_settings(client, settings.redis, card)
 
 
 def preflight(settings: Settings, reindex: bool = False) -> ModelCard:
@@ -131,8 +132,7 @@ class Worker:
         self.started_at = time.time()
         set_pixel_limit(cfg.max_image_pixels)
 
-        self.encoder = Encoder(settings.model.path, threads=settings.model.threads,
-                               max_pixels=cfg.max_image_pixels)
+        self.encoder = load_encoder(settings)
         self.index = open_index(connect(settings.redis.url), settings, self.encoder.card,
                                 reindex)
         ensure_topics(settings.kafka)

@@ -97,7 +97,7 @@ def run_reindex(settings: Settings, processes: int, exit_when_caught_up: bool = 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         pool.stop()
-    index = VectorIndex.for_model(client, settings.redis.index, card, settings.redis.quant)
+    index = VectorIndex.for_settings(client, settings.redis, card)
     return ReindexResult(card.version, live, group, records, caught_up, index.count(),
                          pool.exit_code, total(pool.results()))
 

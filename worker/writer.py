@@ -15,7 +15,9 @@ import threading
 import redis
 from kafka.errors import KafkaError
 
+from index.connection import TRANSIENT_REPLIES
 from index.store import VectorIndex
+from twinstream.errors import ServiceUnavailable
 from worker.batch import Batch, Delete, Upsert, index_operations
 from worker.dlq import DeadLetterSender
 from worker.health import Health
@@ -26,12 +28,10 @@ from worker.retry import Backoff, GaveUp, retry
 log = logging.getLogger("twinstream.worker")
 
 # Redis replies that mean "not now" rather than "never".
-TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                     "NOREPLICAS", "MISCONF", "BUSY")
-
-
 def redis_is_transient(exc: Exception) -> bool:
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    """Worth retrying: the index reports an unreachable or not-yet-ready Redis as
+    ServiceUnavailable; raw redis-py errors can still come from calls it does not wrap."""
+    if isinstance(exc, (ServiceUnavailable, redis.ConnectionError, redis.TimeoutError)):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
 

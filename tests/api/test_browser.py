@@ -19,6 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from twinstream.settings import child_env
 from twinstream.stack import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,11 +34,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 def served(api_settings, gallery):
     """``twinstream serve --json`` on a free port; yields its base URL."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
-    env.update({"TWINSTREAM_REDIS_URL": api_settings.redis.url,
-                "TWINSTREAM_REDIS_INDEX": api_settings.redis.index,
-                "TWINSTREAM_KAFKA_BOOTSTRAP": api_settings.kafka.bootstrap,
-                "TWINSTREAM_MODEL_PATH": api_settings.model.path})
+    env = child_env(api_settings, os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "twinstream", "serve", "--json",
                              "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

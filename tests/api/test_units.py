@@ -1,4 +1,4 @@
-"""Pure parts of the API, without services: filter checks, limits, error mapping, settings."""
+"""Pure parts of the API, without services: limits, error mapping, settings."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import asyncio
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from api.errors import ApiError, status_of
-from api.filters import MAX_FILTER_CHARS, FilterError, validate_filter
 from api.images import decode_upload
 from api.limits import BodyLimitMiddleware, TimeoutMiddleware
 from tests import imagegen
@@ -24,48 +21,6 @@ from twinstream.errors import (
     ServiceUnavailable,
 )
 from twinstream.settings import load_settings
-
-
-@pytest.mark.parametrize("expression", [
-    '.label == "cat"', ".year >= 2020 and .year < 2030", '.tag in ["a", "b"]',
-    "not (.n > 2) or .m != 3", '.label == "it\'s \\"quoted\\""', ".a ** 2 % 3 == 1",
-    "  .x > 1  ", "!(.done)", ".a && .b || .c"])
-def test_filters_redis_understands_pass(expression):
-    assert validate_filter(expression) == expression.strip()
-
-
-@pytest.mark.parametrize(("expression", "message"), [
-    ('label == "cat"', "unknown word 'label'"),
-    ('.label == "cat', "unterminated string"),
-    ("(.n > 1", "unclosed '('"),
-    (".n > 1)", "unbalanced ')'"),
-    ("[.n, 1)", "unbalanced ')'"),
-    (".n > 1 and", "ends in the middle"),
-    (".x @ 3", "unexpected character '@'"),
-    (".x == 1; DEL key", "unexpected character ';'"),
-    (".x == \x00", "control characters"),
-    ("." + "a" * MAX_FILTER_CHARS, "characters long"),
-])
-def test_malformed_filters_say_what_is_wrong(expression, message):
-    with pytest.raises(FilterError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[")):
-        validate_filter(expression)
-
-
-def test_empty_filters_mean_no_filter():
-    assert validate_filter(None) is None
-    assert validate_filter("   ") is None
-
-
-@settings(max_examples=300, deadline=None, database=None)
-@given(st.text(max_size=60))
-def test_the_filter_check_only_ever_raises_filter_error(text):
-    try:
-        result = validate_filter(text)
-    except FilterError as exc:
-        assert str(exc)
-    else:
-        assert result is None or result == text.strip()
 
 
 def test_error_statuses():

@@ -10,26 +10,11 @@ import pytest
 
 from index.store import VectorIndex, connect
 from twinstream.runtime import Encoder
+from twinstream.settings import child_env
 from worker.ingest import ingest_files
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def settings_env(settings) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
-    env.update({
-        "TWINSTREAM_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
-        "TWINSTREAM_KAFKA_TOPIC": settings.kafka.topic,
-        "TWINSTREAM_KAFKA_GROUP": settings.kafka.group,
-        "TWINSTREAM_KAFKA_PARTITIONS": str(settings.kafka.partitions),
-        "TWINSTREAM_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-        "TWINSTREAM_REDIS_URL": settings.redis.url,
-        "TWINSTREAM_REDIS_INDEX": settings.redis.index,
-        "TWINSTREAM_REDIS_QUANT": settings.redis.quant,
-        "TWINSTREAM_MODEL_PATH": settings.model.path,
-    })
-    return env
 
 
 def test_200_images_end_up_indexed_and_find_themselves(model_settings, tmp_path):
@@ -51,7 +36,8 @@ def test_200_images_end_up_indexed_and_find_themselves(model_settings, tmp_path)
     worker = subprocess.run(
         [sys.executable, "-m", "twinstream", "worker", "--exit-when-idle", "8", "-q",
          "--batch", "32"],
-        env=settings_env(model_settings), cwd=ROOT, capture_output=True, text=True, timeout=240)
+        env=child_env(model_settings, os.environ), cwd=ROOT, capture_output=True, text=True,
+        timeout=240)
     assert worker.returncode == 0, worker.stderr
 
     encoder = Encoder(model_settings.model.path)

@@ -15,7 +15,7 @@ from pathlib import Path
 from index.store import VectorIndex, connect
 from tests.imagegen import encode, gradient
 from twinstream.messages import ImageMessage, content_id
-from twinstream.settings import setting_specs
+from twinstream.settings import child_env
 from worker.kafka_io import ensure_topics, make_admin, make_producer
 from worker.topics import group_offsets, read_all
 
@@ -112,10 +112,7 @@ class ThreadWorker:
 
 def settings_env(settings) -> dict:
     """The environment that gives a child process exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
-    for spec in setting_specs():
-        env[spec.env] = str(getattr(getattr(settings, spec.section), spec.name))
-    return env
+    return child_env(settings, os.environ)
 
 
 def worker_process(settings, *args: str) -> subprocess.Popen:

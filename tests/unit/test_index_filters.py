@@ -1,6 +1,8 @@
 """The filter language: what is accepted, how it is rendered for Redis, and clear errors."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from index.filters import MAX_DEPTH, MAX_FILTER_CHARS, parse_filter, where
 from twinstream.errors import InputError
@@ -87,3 +89,15 @@ def test_where_builds_equality_filters():
     assert parse_filter(where(label='say "hi"')) == """(.label == 'say "hi"')"""
     with pytest.raises(InputError, match="cannot be filtered"):
         where(**{"a.b": 1})
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(max_size=60))
+def test_any_text_either_parses_or_raises_a_clear_input_error(text):
+    """The HTTP API hands user text straight to the parser: nothing but InputError may escape."""
+    try:
+        rendered = parse_filter(text)
+    except InputError as exc:
+        assert str(exc)
+    else:
+        assert rendered is None or parse_filter(rendered) == rendered

@@ -75,11 +75,9 @@ def _search_options(p) -> None:
 # --- helpers ---------------------------------------------------------------------------------
 
 def _encoder(settings):
-    from twinstream.runtime import Encoder
+    from twinstream.encoder_options import load_encoder
 
-    if not settings.model.path:
-        raise InputError("no model: pass --model model.onnx or set TWINSTREAM_MODEL_PATH")
-    return Encoder(settings.model.path, threads=settings.model.threads)
+    return load_encoder(settings)
 
 
 def _read_image(path_text: str) -> tuple[Path, bytes]:
@@ -183,9 +181,8 @@ def enroll_cmd(args, settings, out) -> None:
     if args.image_id and len(args.images) > 1:
         raise InputError("--id names one reference; give one image with it")
     encoder = _encoder(settings)
-    index = VectorIndex.for_model(connect(settings.redis.url), settings.redis.index,
-                                  encoder.card, settings.redis.quant,
-                                  shards=settings.redis.shards)
+    index = VectorIndex.for_settings(connect(settings.redis.url), settings.redis,
+                                     encoder.card)
     decoded = []
     for path_text in args.images:  # everything is checked before anything is written
         path, data = _read_image(path_text)
