@@ -12,16 +12,6 @@ pytestmark = pytest.mark.integration
 DEBIAN_REDIS = "/usr/bin/redis-server"  # 7.0: no vector sets (installed by make test)
 
 
-@pytest.fixture
-def client(stack):
-    return connect(stack.redis_url)
-
-
-@pytest.fixture
-def name(settings):
-    return settings.redis.index
-
-
 def test_unreachable_redis():
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ServiceUnavailable, match=f"cannot reach Redis at {url}"):

@@ -3,22 +3,12 @@
 import numpy as np
 import pytest
 
-from index.store import VectorIndex, connect
+from index.store import VectorIndex
 from tests.index_data import card, clustered, exact_top_k, normalise
 from twinstream.errors import IndexMismatchError, InputError, NotFoundError
 
 pytestmark = pytest.mark.integration
 DIM = 24
-
-
-@pytest.fixture
-def client(stack):
-    return connect(stack.redis_url)
-
-
-@pytest.fixture
-def name(settings):
-    return settings.redis.index
 
 
 @pytest.fixture

@@ -14,16 +14,6 @@ pytestmark = pytest.mark.integration
 DIM = 16
 
 
-@pytest.fixture
-def client(stack):
-    return connect(stack.redis_url)
-
-
-@pytest.fixture
-def name(settings):
-    return settings.redis.index
-
-
 def fill(index, n, seed):
     data, labels = clustered(n, index.info.dim, seed=seed)
     index.upsert([(f"id{i}", v, {"label": f"c{labels[i]}", "model_version": index.info.version})
