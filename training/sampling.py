@@ -40,14 +40,36 @@ class PKSampler:
             self.by_class[label].remove(index)
 
 
-def _groups(labels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Positions of each class in the batch, and of the classes with at least two items."""
-    groups = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
-    return groups, [g for g in groups if len(g) >= 2]
+class _BatchClasses:
+    """The classes of a batch as index ranges into the batch sorted by label (vectorised draws)."""
 
+    def __init__(self, labels: torch.Tensor, generator: torch.Generator):
+        self.order = torch.argsort(labels, stable=True)
+        _, self.counts = torch.unique(labels, return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self.with_pairs = torch.nonzero(self.counts >= 2).flatten()
+        self.generator = generator
 
-def _pick(items: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    return items[torch.randint(len(items), (n,), generator=generator)]
+    def below(self, n: torch.Tensor) -> torch.Tensor:
+        """Uniform integers in [0, n) for each entry of ``n``."""
+        return (torch.rand(len(n), generator=self.generator) * n).long().clamp_max(n - 1)
+
+    def item(self, group: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return self.order[self.starts[group] + position]
+
+    def two_items(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` pairs of distinct items of one class each, the class drawn uniformly."""
+        group = self.with_pairs[self.below(torch.full((n,), len(self.with_pairs)))]
+        size = self.counts[group]
+        a = self.below(size)
+        b = (a + 1 + self.below(size - 1)) % size
+        return group, self.item(group, a), self.item(group, b)
+
+    def other_item(self, group: torch.Tensor) -> torch.Tensor:
+        """One item of a class drawn uniformly among the classes other than ``group``."""
+        r = self.below(torch.full((len(group),), len(self.counts) - 1))
+        other = r + (r >= group).long()
+        return self.item(other, self.below(self.counts[other]))
 
 
 def balanced_pairs(labels: torch.Tensor, n_pairs: int, generator: torch.Generator
@@ -57,38 +79,27 @@ def balanced_pairs(labels: torch.Tensor, n_pairs: int, generator: torch.Generato
     Same-class pairs pick their class uniformly (then two distinct items of it); different-class
     pairs pick two distinct classes uniformly. Returns ``i, j, same`` (same: 1 = same class).
     """
-    groups, pos_groups = _groups(labels)
-    n_pos = n_pairs // 2 if pos_groups and len(groups) >= 2 else 0
-    n_neg = n_pairs - n_pos if len(groups) >= 2 else 0
-    i, j = [], []
-    for g in (_pick(torch.arange(len(pos_groups)), n_pos, generator).tolist() if n_pos else []):
-        a, b = torch.randperm(len(pos_groups[g]), generator=generator)[:2]
-        i.append(pos_groups[g][a])
-        j.append(pos_groups[g][b])
-    for _ in range(n_neg):
-        g1, g2 = torch.randperm(len(groups), generator=generator)[:2].tolist()
-        i.append(_pick(groups[g1], 1, generator)[0])
-        j.append(_pick(groups[g2], 1, generator)[0])
-    same = torch.tensor([1] * n_pos + [0] * n_neg, dtype=torch.long)
-    as_tensor = lambda xs: torch.stack(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
-    return as_tensor(i), as_tensor(j), same
+    batch = _BatchClasses(labels, generator)
+    if len(batch.counts) < 2:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, empty
+    n_pos = n_pairs // 2 if len(batch.with_pairs) else 0
+    n_neg = n_pairs - n_pos
+    _, i_pos, j_pos = batch.two_items(n_pos)
+    g_neg = batch.below(torch.full((n_neg,), len(batch.counts)))
+    i_neg = batch.item(g_neg, batch.below(batch.counts[g_neg]))
+    j_neg = batch.other_item(g_neg)
+    same = torch.cat([torch.ones(n_pos, dtype=torch.long), torch.zeros(n_neg, dtype=torch.long)])
+    return torch.cat([i_pos, i_neg]), torch.cat([j_pos, j_neg]), same
 
 
 def balanced_triplets(labels: torch.Tensor, n: int, generator: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` (anchor, positive, negative) triplets; the anchor's class is drawn uniformly among
     classes with two or more items, the negative's uniformly among the others."""
-    groups, pos_groups = _groups(labels)
-    anchors, positives, negatives = [], [], []
-    if not pos_groups or len(groups) < 2:
+    batch = _BatchClasses(labels, generator)
+    if not len(batch.with_pairs) or len(batch.counts) < 2:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty, empty
-    for g in _pick(torch.arange(len(pos_groups)), n, generator).tolist():
-        group = pos_groups[g]
-        a, p = torch.randperm(len(group), generator=generator)[:2]
-        others = [h for h in groups if labels[h[0]] != labels[group[0]]]
-        other = others[int(torch.randint(len(others), (1,), generator=generator))]
-        anchors.append(group[a])
-        positives.append(group[p])
-        negatives.append(_pick(other, 1, generator)[0])
-    return torch.stack(anchors), torch.stack(positives), torch.stack(negatives)
+    group, anchors, positives = batch.two_items(n)
+    return anchors, positives, batch.other_item(group)

@@ -36,7 +36,7 @@ class PairHead(nn.Module):
 class PairBCELoss(MetricLoss):
     name = "pair-bce"
 
-    def __init__(self, embedding_dim: int, pairs_per_item: float = 1.0, seed: int = 0):
+    def __init__(self, embedding_dim: int, pairs_per_item: float = 4.0, seed: int = 0):
         super().__init__()
         self.head = PairHead(embedding_dim)
         self.pairs_per_item = pairs_per_item
