@@ -165,7 +165,9 @@ def select_part(folder: ImageFolder, handle: ModelHandle, split: str, split_file
                 "images"):
             return folder, "all"
         split = "test"
-        log(f"evaluating the test part of {candidate} (classes never seen in training)")
+        unseen = "classes never seen in training" if info.get("mode") == "classes" else \
+            "images held out from training"
+        log(f"evaluating the test part of {candidate} ({unseen})")
     elif not candidate.is_file():
         raise InputError(f"--split {split} needs the run's split.json; not found at {candidate} "
                          "(give it with --split-file)")

@@ -42,10 +42,13 @@ def plot_curves(history: list[dict], path: Path) -> Path:
                label="validation N-way one-shot accuracy")
     right.plot(epochs, [row["val_auc"] for row in history], marker="s",
                label="validation ROC AUC")
-    right.set(title="validation (classes not trained on)", xlabel="epoch", ylim=(0, 1.02))
+    right.set(title="validation", xlabel="epoch", ylim=(0, 1.02))
     right.legend(loc="lower right")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 

@@ -1,8 +1,7 @@
-"""Image folders, splits, decoding on demand, augmentation, schedules, the digits data set."""
+"""Image folders, splits, decoding on demand, augmentation, schedules."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -118,12 +117,3 @@ def test_schedules_warm_up_then_decay():
     with pytest.raises(ValueError):
         lr_factor(0.5, "linear")
 
-
-def test_digits_are_written_as_an_image_folder(tmp_path):
-    from training.digits import write_digits
-
-    summary = write_digits(tmp_path, size=16)
-    assert summary["classes"] == 10 and summary["images"] == 1797
-    folder = scan_image_folder(tmp_path)
-    assert folder.classes == [str(d) for d in range(10)]
-    assert np.bincount(folder.labels).min() >= 170

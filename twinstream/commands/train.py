@@ -48,7 +48,10 @@ def register(subparsers) -> None:
     o.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     o.add_argument("--lr", type=float, default=3e-3)
     o.add_argument("--weight-decay", type=float, default=1e-4)
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
     o.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
+    o.add_argument("--warmup", type=float, default=0.05,
+                   help="fraction of training with a linear learning-rate warm-up")
     o.add_argument("--epochs", type=int, default=10)
     o.add_argument("--steps-per-epoch", type=int, default=0,
                    help="batches per epoch (0: one pass over the training images)")
@@ -101,7 +104,8 @@ def train(args, settings, out) -> None:
         test_fraction=args.test_fraction, cache_mb=args.cache_mb, loss=args.loss,
         margin=args.margin, mining=args.mining, circle_gamma=args.circle_gamma,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        momentum=args.momentum, schedule=args.schedule, warmup=args.warmup,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
         augment=augment, quarter_turns=args.quarter_turns, ways=args.ways, seed=args.seed,
         time_budget_s=args.time_budget * 60, threads=args.threads, resume=args.resume)
