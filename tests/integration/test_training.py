@@ -31,11 +31,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    from training.digits import write_digits
-
     root = tmp_path_factory.mktemp("digits")
-    summary = write_digits(root, size=16)
-    assert summary["classes"] == 10 and summary["images"] == 1797
+    assert main(["datasets", "digits", "--out", str(root), "--size", "16", "-q"]) == 0
+    folder = scan_image_folder(root)
+    assert folder.classes == [str(d) for d in range(10)] and len(folder.samples) == 1797
     return root
 
 
