@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 
-def n_way_k_shot(embeddings: np.ndarray, labels: np.ndarray, ways: int, shots: int = 1,
-                 episodes: int = 400, seed: int = 0) -> dict:
-    """Accuracy of N-way K-shot episodes: each episode draws ``ways`` classes, ``shots`` support
-    images and one query per class, and predicts the class of the most similar support mean.
+@dataclass
+class Episodes:
+    """Outcome of N-way K-shot episodes: per-episode accuracy and every query's true and
+    predicted class (the material of the confusion matrix)."""
 
-    Returns accuracy with a 95% normal-approximation interval over episodes.
-    """
+    ways: int
+    shots: int
+    accuracy: np.ndarray  # [episodes]
+    true: np.ndarray  # [episodes * ways] class labels
+    predicted: np.ndarray
+
+    def summary(self) -> dict:
+        acc = float(self.accuracy.mean())
+        n = len(self.accuracy)
+        half = 1.96 * float(self.accuracy.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+        return {"ways": self.ways, "shots": self.shots, "episodes": n, "accuracy": acc,
+                "ci95": [max(0.0, acc - half), min(1.0, acc + half)]}
+
+
+def few_shot_episodes(embeddings: np.ndarray, labels: np.ndarray, ways: int, shots: int = 1,
+                      episodes: int = 400, seed: int = 0) -> Episodes:
+    """Run N-way K-shot episodes: each draws ``ways`` classes, ``shots`` support images and one
+    query per class, and predicts the class whose mean support embedding is most similar
+    (cosine). With one shot this is the classic one-shot task of Koch et al.: which of N
+    images, one per class, shows the same character as the query?"""
+    if ways < 2:
+        raise ValueError("episodes need at least 2 ways")
     rng = np.random.default_rng(seed)
     classes = np.array([c for c in np.unique(labels) if np.sum(labels == c) >= shots + 1])
     if len(classes) < ways:
         raise ValueError(f"{ways}-way episodes need {ways} classes with at least {shots + 1} "
                          f"images each; only {len(classes)} have that many")
     by_class = {c: np.flatnonzero(labels == c) for c in classes}
-    correct = np.zeros(episodes, dtype=np.float64)
+    accuracy = np.zeros(episodes, dtype=np.float64)
+    true, predicted = [], []
     for e in range(episodes):
         chosen = rng.choice(classes, size=ways, replace=False)
         supports, queries = [], []
@@ -31,11 +53,24 @@ def n_way_k_shot(embeddings: np.ndarray, labels: np.ndarray, ways: int, shots: i
         support = np.stack(supports)
         support /= np.maximum(np.linalg.norm(support, axis=1, keepdims=True), 1e-12)
         scores = np.stack(queries) @ support.T  # [ways (queries), ways (classes)]
-        correct[e] = np.mean(np.argmax(scores, axis=1) == np.arange(ways))
-    acc = float(correct.mean())
-    half = 1.96 * float(correct.std(ddof=1)) / math.sqrt(episodes) if episodes > 1 else 0.0
-    return {"ways": ways, "shots": shots, "episodes": episodes, "accuracy": acc,
-            "ci95": [max(0.0, acc - half), min(1.0, acc + half)]}
+        guess = np.argmax(scores, axis=1)
+        accuracy[e] = np.mean(guess == np.arange(ways))
+        true.append(chosen)
+        predicted.append(chosen[guess])
+    return Episodes(ways, shots, accuracy, np.concatenate(true), np.concatenate(predicted))
+
+
+def n_way_k_shot(embeddings: np.ndarray, labels: np.ndarray, ways: int, shots: int = 1,
+                 episodes: int = 400, seed: int = 0) -> dict:
+    """Accuracy of N-way K-shot episodes with a 95% normal-approximation interval."""
+    return few_shot_episodes(embeddings, labels, ways, shots, episodes, seed).summary()
+
+
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """``[true, predicted]`` counts."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (true, predicted), 1)
+    return matrix
 
 
 def pair_scores(embeddings: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000,

@@ -1,4 +1,8 @@
-"""Encoder networks. Each maps ``[N, C, H, W]`` to L2-normalised ``[N, D]`` embeddings."""
+"""Encoder networks. Each maps ``[N, C, H, W]`` to L2-normalised ``[N, D]`` embeddings.
+
+Only plain conv / batch-norm / ReLU / max-pool / linear / adaptive-average-pool layers are used, so
+every architecture exports to ONNX (opset 17) and matches onnxruntime to float precision.
+"""
 
 from __future__ import annotations
 
@@ -20,40 +24,103 @@ class EncoderConfig:
     height: int = 64
     width: int = 64
     embedding_dim: int = 64
+    base_channels: int = 0  # channels of the first layer; 0: the architecture's default
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+class Embedder(nn.Module):
+    """Shared tail: features -> linear projection -> unit length (so cosine = dot product)."""
 
-
-class ConvEncoder(nn.Module):
-    """A stack of conv-BN-ReLU-pool blocks, global average pooling and a linear projection."""
-
-    def __init__(self, cfg: EncoderConfig, widths: tuple[int, ...]):
+    def __init__(self, features: nn.Module, feature_dim: int, embedding_dim: int):
         super().__init__()
-        blocks, c_in = [], cfg.in_channels
-        for width in widths:
-            blocks.append(conv_block(c_in, width))
-            c_in = width
-        self.features = nn.Sequential(*blocks)
-        self.project = nn.Linear(c_in, cfg.embedding_dim)
+        self.features = features
+        self.project = nn.Linear(feature_dim, embedding_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x).mean(dim=(2, 3))
-        return F.normalize(self.project(h), dim=1)
+        return F.normalize(self.project(self.features(x)), dim=1)
+
+
+def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1,
+                 padding: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def conv_stack(cfg: EncoderConfig, base: int, multipliers: tuple[int, ...]) -> Embedder:
+    """Blocks of conv3x3-BN-ReLU-maxpool, then global average pooling.
+
+    ``tiny`` and ``small`` are this; ``conv4`` (64 channels x 4 blocks) is the backbone of
+    matching and prototypical networks, a strong choice for small greyscale inputs.
+    """
+    layers, c_in = [], cfg.in_channels
+    for m in multipliers:
+        layers += [*conv_bn_relu(c_in, base * m), nn.MaxPool2d(2)]
+        c_in = base * m
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Embedder(nn.Sequential(*layers), c_in, cfg.embedding_dim)
+
+
+def koch(cfg: EncoderConfig) -> Embedder:
+    """The convolutional twin of Koch, Zemel & Salakhutdinov (2015), one branch.
+
+    Conv 10x10 -> pool -> 7x7 -> pool -> 4x4 -> pool -> 4x4, flattened into a dense layer; batch
+    norm is added after each convolution (it trains in far fewer steps). Channels 64-128-128-256
+    at the default base of 64. The valid convolutions need inputs of at least 65 pixels per side
+    (the paper used 105).
+    """
+    b = cfg.base_channels or 64
+    layers = [*conv_bn_relu(cfg.in_channels, b, 10, padding=0), nn.MaxPool2d(2),
+              *conv_bn_relu(b, 2 * b, 7, padding=0), nn.MaxPool2d(2),
+              *conv_bn_relu(2 * b, 2 * b, 4, padding=0), nn.MaxPool2d(2),
+              *conv_bn_relu(2 * b, 4 * b, 4, padding=0), nn.Flatten()]
+    h, w = cfg.height, cfg.width
+    for kernel, pool in ((10, 2), (7, 2), (4, 2), (4, 1)):
+        h, w = (h - kernel + 1) // pool, (w - kernel + 1) // pool
+    if h < 1 or w < 1:
+        raise ModelError(f"the koch architecture needs inputs of at least 65x65 pixels, "
+                         f"got {cfg.height}x{cfg.width}")
+    return Embedder(nn.Sequential(*layers), 4 * b * h * w, cfg.embedding_dim)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut, as in ResNet-18."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            *conv_bn_relu(c_in, c_out, stride=stride),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet(cfg: EncoderConfig) -> Embedder:
+    """A small residual network: a stem and four basic blocks (three of them halve the size)."""
+    b = cfg.base_channels or 16
+    layers = [*conv_bn_relu(cfg.in_channels, b), BasicBlock(b, b, 1), BasicBlock(b, 2 * b, 2),
+              BasicBlock(2 * b, 4 * b, 2), BasicBlock(4 * b, 8 * b, 2),
+              nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Embedder(nn.Sequential(*layers), 8 * b, cfg.embedding_dim)
 
 
 ARCHITECTURES = {
-    "tiny": (8, 16, 32),
-    "small": (32, 64, 128, 128),
+    "tiny": lambda cfg: conv_stack(cfg, cfg.base_channels or 8, (1, 2, 4)),
+    "small": lambda cfg: conv_stack(cfg, cfg.base_channels or 32, (1, 2, 4, 4)),
+    "conv4": lambda cfg: conv_stack(cfg, cfg.base_channels or 64, (1, 1, 1, 1)),
+    "koch": koch,
+    "resnet": resnet,
 }
 
 
 def build_encoder(cfg: EncoderConfig) -> nn.Module:
+    """A fresh encoder for ``cfg``; a checkpoint's config rebuilds exactly its architecture."""
     if cfg.arch not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture {cfg.arch!r} (known: {sorted(ARCHITECTURES)})")
-    return ConvEncoder(cfg, ARCHITECTURES[cfg.arch])
+        raise ModelError(f"unknown architecture {cfg.arch!r} (known: {', '.join(ARCHITECTURES)})")
+    if cfg.embedding_dim < 1 or cfg.in_channels not in (1, 3) or cfg.base_channels < 0:
+        raise ModelError(f"invalid encoder config: {cfg}")
+    return ARCHITECTURES[cfg.arch](cfg)

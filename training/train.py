@@ -1,4 +1,11 @@
-"""The training loop: P x K batches, contrastive loss, validation, best checkpoint."""
+"""The training loop: P x K batches, a metric loss, validation on unseen classes, best checkpoint.
+
+One epoch = ``steps_per_epoch`` class-balanced batches (default: one pass's worth of images).
+After each epoch the encoder embeds the validation images and is scored by N-way one-shot
+accuracy; the best one is ``best.pt``, the latest training state ``last.pt`` (for ``resume``).
+At the end the best encoder is evaluated on the test part (classes never used in training or
+model selection), and ``report.json`` plus plots are written to the run folder.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from training.checkpoint import save_checkpoint
-from training.data import load_arrays, scan_image_folder, split_per_class
-from training.losses import contrastive_loss
+from training.augment import quarter_turn_classes, random_affine
+from training.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
+from training.config import RESUME_KEYS, TrainConfig
+from training.data import ImageSource, scan_image_folder, split_data
+from training.distributed import Distributed
+from training.evaluate import evaluate_embeddings, write_plots
+from training.losses import build_loss
 from training.metrics import n_way_k_shot, pair_scores, verification
-from training.models import EncoderConfig, build_encoder
-from twinstream.errors import InputError
-from twinstream.preprocess import Preprocessing
+from training.models import build_encoder
+from training.optim import build_optimizer, lr_factor, set_lr
+from training.sampling import PKSampler
+from twinstream.errors import InputError, ModelError
+from twinstream.output import to_json
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: str
-    out: str
-    arch: str = "small"
-    embedding_dim: int = 64
-    image_size: int = 64
-    channels: int = 3
-    invert: bool = False
-    epochs: int = 10
-    classes_per_batch: int = 8  # P
-    images_per_class: int = 8  # K
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    margin: float = 0.5
-    val_fraction: float = 0.2
-    ways: int = 5
-    seed: int = 0
-    time_budget_s: float = 0.0  # 0: no budget
-    threads: int = 0
-
-    def preprocessing(self) -> Preprocessing:
-        c = self.channels
-        return Preprocessing(height=self.image_size, width=self.image_size, channels=c,
-                             mean=(0.5,) * c, std=(0.5,) * c, invert=self.invert)
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 
 @dataclass
@@ -53,103 +42,324 @@ class TrainResult:
     checkpoint: str
     epochs_run: int
     seconds: float
-    images_per_s: float
+    images_per_s: float  # training steps only, all processes together
+    stopped_by: str = "epochs"
+    processes: int = 1
     best: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    test: dict | None = None
 
 
-def pk_batches(labels: np.ndarray, p: int, k: int, steps: int, rng: np.random.Generator):
-    """Yield index batches of ``p`` classes x ``k`` images; every class equally likely, so rare
-    classes are seen as often as common ones (small classes are sampled with replacement)."""
-    classes = np.unique(labels)
-    by_class = {c: np.flatnonzero(labels == c) for c in classes}
-    p = min(p, len(classes))
-    for _ in range(steps):
-        chosen = rng.choice(classes, size=p, replace=False)
-        yield np.concatenate([rng.choice(by_class[c], size=k, replace=len(by_class[c]) < k)
-                              for c in chosen])
+class Objective(nn.Module):
+    """Encoder and loss as one module, so DDP averages the loss's own parameters too."""
+
+    def __init__(self, encoder: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.encoder, self.loss = encoder, loss
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.encoder(x), labels)
+
+
+@dataclass
+class Part:
+    """The images of one split part, decoded on demand."""
+
+    source: ImageSource
+    labels: np.ndarray
+
+    @property
+    def classes(self) -> int:
+        return len(np.unique(self.labels))
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def embed_part(model: nn.Module, part: Part, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the readable images of a part, and their labels."""
+    was_training = model.training
     model.eval()
-    out = [model(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)]
-    return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+    vectors, labels = [], []
+    for start in range(0, len(part.source), batch):
+        idx = list(range(start, min(start + batch, len(part.source))))
+        arrays, kept = part.source.batch(idx)
+        if kept:
+            vectors.append(model(torch.from_numpy(arrays)).numpy())
+            labels.append(part.labels[[idx[k] for k in kept]])
+    model.train(was_training)
+    if not vectors:
+        raise InputError("no readable image in the validation/test part")
+    return np.concatenate(vectors), np.concatenate(labels)
 
 
-def evaluate_split(model, x: np.ndarray, y: np.ndarray, ways: int, seed: int) -> dict:
-    emb = embed(model, x)
-    ways = min(ways, len(np.unique(y)))
-    result = {"one_shot": n_way_k_shot(emb, y, ways=ways, shots=1, episodes=200, seed=seed)}
-    result["verification"] = verification(*pair_scores(emb, y, seed=seed))
-    return result
+def usable_ways(labels: np.ndarray, ways: int) -> int:
+    return min(ways, int(np.sum(np.bincount(labels) >= 2)))
+
+
+class Trainer:
+    """One run: set up from a ``TrainConfig``, then ``fit`` and ``finish``."""
+
+    def __init__(self, cfg: TrainConfig, progress: Callable | None, log: Callable[[str], None],
+                 dist: Distributed):
+        cfg.check()
+        self.cfg, self.dist, self.progress = cfg, dist, progress
+        self.log = log if dist.is_main else (lambda _m: None)
+        self.started = time.monotonic()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.run_dir = Path(cfg.out)
+        self._prepare_data()
+        self.encoder = build_encoder(cfg.encoder())
+        loss = build_loss(cfg.loss, cfg.embedding_dim, cfg.margin, cfg.mining, cfg.circle_gamma,
+                          seed=cfg.seed)
+        self.objective = Objective(self.encoder, loss)
+        self.optimizer = build_optimizer(cfg.optimizer, self.objective.parameters(), cfg.lr,
+                                         cfg.weight_decay, cfg.momentum)
+        batch = cfg.classes_per_batch * cfg.images_per_class
+        self.steps_per_epoch = cfg.steps_per_epoch or max(1, -(-len(self.train.labels) // batch))
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        # Progress of the run; restored by resume.
+        self.epoch, self.step, self.seen = 0, 0, 0
+        self.elapsed_before, self.train_seconds = 0.0, 0.0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.validation_s = 0.0
+        if cfg.resume:
+            self._resume()
+        self.model = dist.wrap(self.objective)
+
+    # -- data -----------------------------------------------------------------------------
+    def _prepare_data(self) -> None:
+        cfg = self.cfg
+        folder = scan_image_folder(cfg.data, cfg.min_per_class)
+        for name, count in folder.excluded.items():
+            self.log(f"warning: class {name!r} excluded: {count} image(s), need at least "
+                     f"{cfg.min_per_class}")
+        if folder.excluded:
+            self.log(f"warning: {len(folder.excluded)} class(es) excluded as too small")
+        split = split_data(folder, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        spec = cfg.preprocessing()
+        labels = folder.labels
+        parts = {}
+        for name, idx in split.parts.items():
+            parts[name] = Part(ImageSource([folder.samples[i].path for i in idx], spec,
+                                           cfg.cache_mb), labels[idx])
+        self.train, self.val, self.test = parts["train"], parts["val"], parts["test"]
+        self.classes = folder.classes
+        self.data_summary = {**folder.summary(), "split": cfg.split,
+                             **{f"{p}_classes": parts[p].classes for p in parts},
+                             **{f"{p}_images": len(parts[p].labels) for p in parts}}
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "split.json").write_text(
+                json.dumps(split.describe(folder, cfg.seed), indent=1))
+            self.log(f"data: {self.data_summary['train_classes']} training classes "
+                     f"({len(self.train.labels)} images), {self.val.classes} validation, "
+                     f"{self.test.classes} test ({cfg.split} split)")
+        turns = 4 if cfg.quarter_turns else 1
+        n = len(self.train.labels)
+        # Quarter turns: virtual image v is image v % n turned v // n times, of class 4y + turn.
+        virtual = np.concatenate([self.train.labels * turns + t for t in range(turns)])
+        self.sampler = PKSampler(virtual, cfg.classes_per_batch, cfg.images_per_class)
+        self.turns, self.n_train = turns, n
+
+    def skipped(self) -> int:
+        return sum(len(p.source.failed) for p in (self.train, self.val, self.test))
+
+    def _batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A P x K batch with its labels; unreadable images are dropped and never drawn again."""
+        virtual = self.sampler.batch(rng)
+        base, turn = virtual % self.n_train, virtual // self.n_train
+        failed_before = len(self.train.source.failed)
+        arrays, kept = self.train.source.batch(base)
+        if len(kept) < len(virtual):
+            for pos in set(range(len(virtual))) - set(kept):
+                for t in range(self.turns):
+                    v = int(base[pos]) + t * self.n_train
+                    self.sampler.discard(v, int(self.train.labels[base[pos]]) * self.turns + t)
+            for path in list(self.train.source.failed)[failed_before:]:
+                self.log(f"warning: skipped unreadable image {path}: "
+                         f"{self.train.source.failed[path]}")
+        x = torch.from_numpy(arrays)
+        labels = torch.from_numpy(self.train.labels[base[kept]])
+        if self.turns > 1:
+            x, labels = quarter_turn_classes(x, labels, torch.from_numpy(turn[kept]))
+        return x, labels
+
+    # -- resume and checkpoints -----------------------------------------------------------
+    def _resume(self) -> None:
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            raise InputError(f"nothing to resume: {path} does not exist")
+        state = load_state(path)
+        saved = state.get("config", {})
+        for key in RESUME_KEYS:
+            if saved.get(key) != getattr(self.cfg, key):
+                raise ModelError(f"cannot resume {path}: {key} was {saved.get(key)!r}, now "
+                                 f"{getattr(self.cfg, key)!r}")
+        try:
+            self.objective.load_state_dict(state["objective"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot resume {path}: its weights do not match the model: "
+                             f"{str(exc).splitlines()[0]}") from None
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.elapsed_before, self.seen = state["elapsed"], state["seen"]
+        self.train_seconds = state["train_seconds"]
+        self.history, self.best = list(state["history"]), state["best"]
+        self.log(f"resuming {path} after epoch {self.epoch}")
+
+    def _save(self, improved: bool, val: dict) -> None:
+        cfg = self.cfg
+        common = {"loss": cfg.loss, "train_config": cfg.to_dict(), "data": self.data_summary,
+                  "history": self.history, "epoch": self.epoch}
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", self.encoder, cfg.encoder(),
+                            cfg.preprocessing(), metrics=val, **common)
+        save_state(self.run_dir / "last.pt", config=cfg.to_dict(),
+                   objective=self.objective.state_dict(), optimizer=self.optimizer.state_dict(),
+                   epoch=self.epoch, step=self.step, elapsed=self.elapsed(), seen=self.seen,
+                   train_seconds=self.train_seconds, history=self.history, best=self.best)
+
+    # -- the loop -------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def _progress(self, elapsed: float) -> float:
+        by_steps = self.step / self.total_steps
+        budget = self.cfg.time_budget_s
+        return max(by_steps, elapsed / budget) if budget else by_steps
+
+    def _epoch_rngs(self) -> tuple[np.random.Generator, torch.Generator]:
+        """Generators derived from (seed, rank, epoch): a resumed run draws what it would have."""
+        key = [self.cfg.seed, self.dist.rank, self.epoch]
+        torch_seed = int(np.random.default_rng(key).integers(2**62))
+        for module in self.objective.loss.modules():
+            if isinstance(getattr(module, "generator", None), torch.Generator):
+                module.generator.manual_seed(torch_seed + 1)
+        return np.random.default_rng(key), torch.Generator().manual_seed(torch_seed)
+
+    def _train_epoch(self) -> tuple[float, bool]:
+        """One epoch of steps; returns the mean loss and whether the time budget ran out."""
+        cfg = self.cfg
+        rng, gen = self._epoch_rngs()
+        self.model.train()
+        steps = range(self.steps_per_epoch)
+        bar = self.progress(steps, desc=f"epoch {self.epoch}/{cfg.epochs}", unit="batch") \
+            if self.progress and self.dist.is_main else steps
+        losses, images, t0, out_of_time = [], 0, time.monotonic(), False
+        for _ in bar:
+            elapsed = self.dist.from_main(self.elapsed())
+            if cfg.time_budget_s and elapsed + self.validation_s >= cfg.time_budget_s:
+                out_of_time = True
+                break
+            set_lr(self.optimizer, cfg.lr * lr_factor(self._progress(elapsed), cfg.schedule,
+                                                      cfg.warmup))
+            x, labels = self._batch(rng)
+            x = random_affine(x, cfg.augment, gen)
+            loss = self.model(x, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            losses.append(loss.item())
+            images += len(x) * self.dist.world_size
+            if hasattr(bar, "set_postfix"):
+                rate = images / max(time.monotonic() - t0, 1e-9)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", img_s=f"{rate:.0f}")
+        self.seen += images
+        self.train_seconds += time.monotonic() - t0
+        return (float(np.mean(losses)) if losses else float("nan")), out_of_time
+
+    def _validate(self) -> dict:
+        t0 = time.monotonic()
+        emb, labels = embed_part(self.encoder, self.val)
+        ways = usable_ways(labels, self.cfg.ways)
+        val = {"one_shot": n_way_k_shot(emb, labels, ways=ways, shots=1,
+                                        episodes=self.cfg.val_episodes, seed=self.cfg.seed),
+               "verification": verification(*pair_scores(emb, labels, seed=self.cfg.seed))}
+        self.validation_s = time.monotonic() - t0
+        return val
+
+    def fit(self) -> str:
+        """Train until the last epoch or the time budget; returns which one stopped it."""
+        cfg = self.cfg
+        stopped_by = "epochs"
+        if cfg.time_budget_s and self.dist.from_main(self.elapsed()) >= cfg.time_budget_s:
+            return "time budget"  # a resumed run whose budget is already spent
+        while self.epoch < cfg.epochs:
+            self.epoch += 1
+            loss, out_of_time = self._train_epoch()
+            if self.dist.is_main:
+                self._end_epoch(loss)
+            self.validation_s = self.dist.from_main(self.validation_s)
+            self.dist.barrier()
+            if out_of_time:
+                stopped_by = "time budget"
+                self.log(f"time budget of {cfg.time_budget_s / 60:g} min reached in epoch "
+                         f"{self.epoch}")
+                break
+        return stopped_by
+
+    def _end_epoch(self, loss: float) -> None:
+        val = self._validate()
+        row = {"epoch": self.epoch, "loss": loss, "val_one_shot": val["one_shot"]["accuracy"],
+               "val_auc": val["verification"]["roc_auc"], "elapsed_s": round(self.elapsed(), 1),
+               "images_per_s": round(self.seen / max(self.train_seconds, 1e-9), 1)}
+        self.history.append(row)
+        key = (row["val_one_shot"], row["val_auc"])
+        improved = self.best is None or key >= (self.best["val_one_shot"], self.best["val_auc"])
+        if improved:
+            self.best = {**row, "validation": val}
+        self._save(improved, val)
+        self.log(f"epoch {self.epoch}/{self.cfg.epochs}  loss {loss:.4f}  "
+                 f"val {val['one_shot']['ways']}-way one-shot {row['val_one_shot']:.3f}  "
+                 f"AUC {row['val_auc']:.3f}  {row['images_per_s']:.0f} img/s"
+                 + ("  *best*" if improved else ""))
+
+    def finish(self, stopped_by: str) -> TrainResult:
+        """Evaluate the best encoder on the test part; write report.json and the plots."""
+        seconds = self.elapsed()
+        result = TrainResult(str(self.run_dir), str(self.run_dir / "best.pt"), self.epoch,
+                             round(seconds, 1),
+                             round(self.seen / max(self.train_seconds, 1e-9), 1), stopped_by,
+                             self.dist.world_size, self.best or {}, self.history)
+        test_ways = usable_ways(self.test.labels, self.cfg.ways) if len(self.test.labels) else 0
+        plots: dict = {}
+        if test_ways >= 2:
+            encoder, _ = load_checkpoint(self.run_dir / "best.pt")
+            emb, labels = embed_part(encoder, self.test)
+            present, labels = np.unique(labels, return_inverse=True)  # renumber 0..n-1
+            evaluation = evaluate_embeddings(emb, labels, usable_ways(labels, self.cfg.ways), 1,
+                                             self.cfg.test_episodes, seed=self.cfg.seed)
+            result.test = evaluation.report
+            names = [self.classes[c] for c in present]
+            plots = write_plots(evaluation, emb, labels, names, self.run_dir, self.history,
+                                self.cfg.seed)
+            one = evaluation.report["n_way"]
+            unseen = "classes never seen in training" if self.cfg.split == "classes" else \
+                "held-out images"
+            self.log(f"test ({self.test.classes} classes, {unseen}): {one['ways']}-way one-shot "
+                     f"{one['accuracy']:.3f}, ROC AUC "
+                     f"{evaluation.report['verification']['roc_auc']:.3f}")
+        elif self.history:
+            from training.plots import plot_curves
+
+            plots = {"curves": str(plot_curves(self.history, self.run_dir / "curves.png"))}
+        data = {**self.data_summary, "skipped_images": self.skipped()}
+        (self.run_dir / "report.json").write_text(to_json(
+            {"config": self.cfg.to_dict(), "data": data, **asdict(result), "plots": plots},
+            indent=2))
+        return result
 
 
 def train(cfg: TrainConfig, progress: Callable | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
-    folder = scan_image_folder(cfg.data)  # bad data fails before anything is written
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name, count in folder.excluded.items():
-        log(f"warning: class {name!r} excluded: {count} image(s), need at least 2")
-    spec = cfg.preprocessing()
-    x, kept, failed = load_arrays([s.path for s in folder.samples], spec, progress=progress)
-    for path, reason in failed.items():
-        log(f"warning: skipped {path}: {reason}")
-    y = folder.labels[kept]
-    train_idx, val_idx = split_per_class(y, cfg.val_fraction, cfg.seed)
-    if len(val_idx) == 0 or len(np.unique(y[val_idx])) < 2:
-        raise InputError("validation split is empty: need at least 4 images in 2+ classes")
-
-    enc_cfg = EncoderConfig(cfg.arch, cfg.channels, cfg.image_size, cfg.image_size,
-                            cfg.embedding_dim)
-    model = build_encoder(enc_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batch_size = cfg.classes_per_batch * cfg.images_per_class
-    steps = max(1, len(train_idx) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps * cfg.epochs)
-    x_train, y_train = x[train_idx], y[train_idx]
-    data_summary = {**folder.summary(), "skipped_images": len(failed),
-                    "train_images": len(train_idx), "val_images": len(val_idx)}
-
-    history, best, seen, started = [], None, 0, time.monotonic()
-    checkpoint = run_dir / "best.pt"
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        losses = []
-        for idx in pk_batches(y_train, cfg.classes_per_batch, cfg.images_per_class, steps, rng):
-            emb = model(torch.from_numpy(x_train[idx]))
-            loss = contrastive_loss(emb, torch.from_numpy(y_train[idx]), cfg.margin)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            seen += len(idx)
-        val = evaluate_split(model, x[val_idx], y[val_idx], cfg.ways, cfg.seed)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)),
-               "val_one_shot": val["one_shot"]["accuracy"],
-               "val_auc": val["verification"]["roc_auc"]}
-        history.append(row)
-        log(f"epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f}  "
-            f"val {val['one_shot']['ways']}-way one-shot {row['val_one_shot']:.3f}  "
-            f"AUC {row['val_auc']:.3f}")
-        if best is None or row["val_one_shot"] >= best["val_one_shot"]:
-            best = {**row, "validation": val}
-            save_checkpoint(checkpoint, model, enc_cfg, spec, loss="contrastive",
-                            train_config=asdict(cfg), data=data_summary, metrics=val,
-                            epoch=epoch)
-        if cfg.time_budget_s and time.monotonic() - started > cfg.time_budget_s:
-            log(f"time budget of {cfg.time_budget_s:.0f}s reached after epoch {epoch}")
-            break
-    seconds = time.monotonic() - started
-    result = TrainResult(str(run_dir), str(checkpoint), epoch, seconds, seen / max(seconds, 1e-9),
-                         best, history)
-    (run_dir / "report.json").write_text(json.dumps(
-        {"config": asdict(cfg), "data": data_summary, **asdict(result)}, indent=2))
-    return result
+          log: Callable[[str], None] = print, dist: Distributed | None = None) -> TrainResult:
+    """Train an encoder as ``cfg`` says; see the module docstring for what is written."""
+    dist = dist or Distributed()
+    trainer = Trainer(cfg, progress, log, dist)
+    stopped_by = trainer.fit()
+    result = trainer.finish(stopped_by) if dist.is_main else None
+    dist.barrier()
+    return result or TrainResult(str(trainer.run_dir), str(trainer.run_dir / "best.pt"),
+                                 trainer.epoch, round(trainer.elapsed(), 1), 0.0, stopped_by)

@@ -16,6 +16,10 @@ def register(subparsers) -> None:
                    help="class = colour x shape (9); colour or shape pools them into 3 classes")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    d = add_command(datasets, "digits", digits,
+                    "scikit-learn's bundled handwritten digits (10 classes, 1,797 images)")
+    d.add_argument("--out", required=True, help="folder to write (one sub-folder per class)")
+    d.add_argument("--size", type=int, default=32, help="image side in pixels (the source is 8)")
 
 
 def shapes(args, settings, out) -> None:
@@ -28,5 +32,19 @@ def shapes(args, settings, out) -> None:
     summary = generate_shapes(args.out, args.per_class, by=args.by, size=args.size,
                               seed=args.seed, progress=lambda it: out.progress(it, desc="shapes",
                                                                                unit="img"))
+    out.result(summary, f"wrote {summary['images']} images in {summary['classes']} classes "
+                        f"to {summary['out']}")
+
+
+def digits(args, settings, out) -> None:
+    if args.size < 8:
+        raise InputError("--size must be at least 8 pixels")
+    try:
+        from training.digits import write_digits
+    except ImportError as exc:  # pragma: no cover - only without the train extra
+        raise InputError(f"the digits data set needs scikit-learn (pip install "
+                         f"'twinstream[train]'): {exc}") from None
+    summary = write_digits(args.out, args.size,
+                           progress=lambda it: out.progress(it, desc="digits", unit="img"))
     out.result(summary, f"wrote {summary['images']} images in {summary['classes']} classes "
                         f"to {summary['out']}")
