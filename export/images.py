@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import load_arrays, scan_image_folder
+from training.data import ImageSource, scan_image_folder
 from twinstream.errors import InputError
 from twinstream.files import expand_paths
 from twinstream.preprocess import Preprocessing
@@ -54,11 +54,16 @@ class Labelled:
     classes: int
 
 
+def load_arrays(paths: Sequence[Path], spec: Preprocessing) -> tuple[np.ndarray, list[int]]:
+    """The readable images among ``paths``, preprocessed, and their positions."""
+    return ImageSource(paths, spec, cache_mb=0).batch(range(len(paths)))
+
+
 def calibration_set(source: str | Path, spec: Preprocessing, count: int = 128
                     ) -> tuple[np.ndarray, list[Path]]:
     """Up to ``count`` images from files/folders/globs, preprocessed; the paths used."""
     paths = sample_paths(expand_paths([str(source)]), count)
-    arrays, kept, _ = load_arrays(paths, spec)
+    arrays, kept = load_arrays(paths, spec)
     if len(arrays) == 0:
         raise InputError(f"no calibration images could be read from {source}")
     return arrays, [paths[i] for i in kept]
@@ -76,7 +81,7 @@ def evaluation_set(source: str | Path, spec: Preprocessing, exclude: Sequence[Pa
     samples = [s for s in folder.samples if s.path.resolve() not in skip]
     samples = [samples[i] for i in sorted(random.Random(1).sample(range(len(samples)),
                                                                   min(max_images, len(samples))))]
-    arrays, kept, _ = load_arrays([s.path for s in samples], spec)
+    arrays, kept = load_arrays([s.path for s in samples], spec)
     labels = np.array([samples[i].label for i in kept], dtype=np.int64)
     per_class = np.bincount(labels) if len(labels) else np.array([])
     if int(np.sum(per_class >= 2)) < 2:
