@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=8)
 
 
-def up(args, settings, out) -> None:
+def up(args, settings, out) -> int:
+    from twinstream.errors import StackStartError
     from twinstream.stack import stack_for
 
     stop = threading.Event()
@@ -33,10 +34,12 @@ def up(args, settings, out) -> None:
                    stack.export_lines() + "\n# running; Ctrl-C stops both servers")
         while not stop.wait(0.5):
             for proc in stack.started_services:
-                if not proc.running:
-                    out.warn(f"{proc.name} exited; log tail:\n{proc.log_tail()}")
-                    stop.set()
+                if not proc.running:  # a server died under us: say so, stop the other one
+                    raise StackStartError(f"{proc.name} exited with code "
+                                          f"{proc.popen.returncode}; log tail:\n"
+                                          f"{proc.log_tail()}")
     out.info("stopped")
+    return 0
 
 
 def demo(args, settings, out) -> int:
