@@ -141,7 +141,8 @@ class Worker:
         # Kafka's default (500 ms) that wait, not the work, would dominate latency at low rates.
         self.reader = Reader(make_consumer(settings.kafka,
                                            fetch_max_wait_ms=max(10, min(500, cfg.max_wait_ms))),
-                             cfg, self.metrics)
+                             cfg, self.metrics,
+                             on_assignment=lambda: self.heartbeat.beat_soon())
         self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
         self.pipeline = Pipeline(
             [self.decoder, Embedder(self.encoder),

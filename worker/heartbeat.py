@@ -39,6 +39,7 @@ class Heartbeat:
         self.on_beat = on_beat
         self.interval_s = interval_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> Heartbeat:
@@ -46,8 +47,13 @@ class Heartbeat:
         self._thread.start()
         return self
 
+    def beat_soon(self) -> None:
+        """Publish now rather than at the next tick (the partitions moved, say)."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         try:
             self.client.delete(self.key)  # gone at once from `twinstream status`
@@ -55,7 +61,11 @@ class Heartbeat:
             pass  # expires by itself
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self._beat()
 
     def _beat(self) -> None:

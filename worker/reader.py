@@ -31,7 +31,9 @@ LAG_EVERY_S = 1.0
 
 
 class Reader:
-    def __init__(self, consumer: KafkaConsumer, cfg: WorkerSettings, metrics: WorkerMetrics):
+    def __init__(self, consumer: KafkaConsumer, cfg: WorkerSettings, metrics: WorkerMetrics,
+                 on_assignment: Callable[[], None] = lambda: None):
+        self.on_assignment = on_assignment  # told after partitions moved (the heartbeat)
         self.consumer = consumer
         self.cfg = cfg
         self.metrics = metrics
@@ -149,6 +151,7 @@ class Reader:
         self.tracker.reset()
         self.metrics.lag.clear()
         self.assigned = []
+        self.on_assignment()
 
     def _assigned(self, assigned) -> None:
         self.tracker.reset()
@@ -158,6 +161,7 @@ class Reader:
         self.last_record = time.monotonic()
         event(log, "partitions assigned",
               partitions=",".join(str(tp.partition) for tp in self.assigned) or "none")
+        self.on_assignment()
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -97,8 +97,11 @@ def test_dead_letters_list_replay_and_status(model_settings, tmp_path):
         assert letter["id"] == "late-image" and letter["stage"] == "fetch"
         assert "does not exist" in letter["reason"]
 
+        # The heartbeat publishes asynchronously (at once after an assignment, then every 2 s).
         status = wait_until(lambda: (st := json.loads(run_cli(s, "status", "--json").stdout))
-                            ["lag"]["lag"] == 0 and st, 20, "lag 0 in status")
+                            ["lag"]["lag"] == 0 and st["workers"]
+                            and st["workers"][0]["partitions"] and st, 20,
+                            "lag 0 and the worker's partitions in status")
         assert status["lag"]["total"] == 2 and not status["errors"]
         (w,) = status["workers"]
         assert w["worker"] == running.worker.worker_id and len(w["partitions"]) == 4
