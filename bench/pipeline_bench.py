@@ -7,6 +7,8 @@ Measured side by side in one run, on the same machine and the same model and bat
   10 % and 90 % of them indexed (steady state, without the group join and the tail);
   pipeline efficiency = end-to-end / raw, raw being the mean of the raw runs just before and
   just after that end-to-end run (the machine's load drifts; this keeps both sides comparable);
+- the CPU time the worker, Redis and the broker each spend per image in that span: where the
+  cores go (the index insert and the broker share them with inference);
 - the worker's resident memory (RSS) along 10,000 images: it should stay flat;
 - publish -> queryable latency at a steady moderate rate: the time from ``send`` to the id
   answering ``VISMEMBER`` in Redis, p50/p90/p99.
@@ -138,16 +140,22 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (a pool's workers), in MB."""
-    pids, total = [pid], 0.0
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its direct children (a worker pool's processes)."""
+    pids = [pid]
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 pids += [int(p) for p in f.read().split()]
     except OSError:
         pass
-    for p in pids:
+    return pids
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, in MB."""
+    total = 0.0
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -158,6 +166,48 @@ def rss_mb(pid: int) -> float:
     return total
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads), in seconds."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds used by the worker(s), Redis and the broker between two marks: where the
+    two cores went while the pipeline ran."""
+
+    def __init__(self, worker_pid: int, services: dict[str, int]):
+        self.worker_pid = worker_pid
+        self.services = services
+        self.start: dict[str, float] = {}
+
+    def read(self) -> dict[str, float]:
+        now = {"worker": cpu_seconds(process_tree(self.worker_pid)),
+               **{name: cpu_seconds([pid]) for name, pid in self.services.items()}}
+        now["wall"] = time.monotonic()
+        return now
+
+    def mark(self) -> None:
+        self.start = self.read()
+
+    def per_image_ms(self, images: int) -> dict[str, float]:
+        end = self.read()
+        return {name: round(1000 * (end[name] - self.start[name]) / images, 3)
+                for name in end if name != "wall"} | {
+            "cores_busy": round(sum(end[n] - self.start[n] for n in end if n != "wall")
+                                / (end["wall"] - self.start["wall"]), 2)}
+
+
 def index_count(settings) -> int:
     client = connect(settings.redis.url)
     if VectorIndex.live_version(client, settings.redis.index) is None:
@@ -165,11 +215,15 @@ def index_count(settings) -> int:
     return VectorIndex.live(client, settings.redis.index).count()
 
 
-def end_to_end(settings, images: list[bytes], processes: int, rss_every: int = 0) -> dict:
-    """Images already in the topic; workers start; steady-state rate from 10 % to 90 %."""
+def end_to_end(settings, images: list[bytes], processes: int, services: dict[str, int],
+               rss_every: int = 0) -> dict:
+    """Images already in the topic; workers start; steady-state rate from 10 % to 90 %, and the
+    CPU time each process spent per image over the same span."""
     n = len(images)
     publish(settings, images)
     proc = start_workers(settings, processes)
+    meter = CpuMeter(proc.pid, services)
+    cpu = {}
     marks: dict[float, float] = {}
     rss: list[tuple[int, float]] = []
     next_rss = rss_every
@@ -181,6 +235,10 @@ def end_to_end(settings, images: list[bytes], processes: int, rss_every: int = 0
                 if count >= fraction * n and fraction not in marks:
                     marks[fraction] = now
                     marks[f"count{fraction}"] = count
+                    if fraction == 0.1:
+                        meter.mark()
+                    else:
+                        cpu = meter.per_image_ms(count - marks["count0.1"])
             if rss_every and count >= next_rss:
                 rss.append((count, round(rss_mb(proc.pid), 1)))
                 next_rss += rss_every
@@ -195,7 +253,7 @@ def end_to_end(settings, images: list[bytes], processes: int, rss_every: int = 0
     span = marks[0.9] - marks[0.1]
     rate = (marks["count0.9"] - marks["count0.1"]) / span if span > 0 else float("nan")
     return {"processes": processes, "images": n, "images_per_s": round(rate, 1),
-            "rss_mb": rss}
+            "rss_mb": rss, "cpu_ms_per_image": cpu}
 
 
 def latency(settings, images: list[bytes], rate: float) -> dict:
@@ -260,6 +318,15 @@ def latency(settings, images: list[bytes], rate: float) -> dict:
             "mean_ms": round(statistics.fmean(ms), 1)}
 
 
+def efficiency_ceiling(raw_images_per_s: float, cpu_ms_per_image: dict) -> float:
+    """The best end-to-end / raw ratio possible when Redis and the broker run on the cores the
+    raw inference had to itself: inference's CPU per image plus theirs, nothing else."""
+    cores = os.cpu_count() or 1
+    inference_ms = 1000 * cores / raw_images_per_s  # all cores busy in the raw run
+    services_ms = cpu_ms_per_image["redis"] + cpu_ms_per_image["broker"]
+    return round(inference_ms / (inference_ms + services_ms), 3)
+
+
 # --- report ------------------------------------------------------------------------------------
 
 def table(r: dict) -> str:
@@ -271,10 +338,20 @@ def table(r: dict) -> str:
         f"| raw onnxruntime, batch {r['batch']}, 1 thread (images/s) | "
         f"{r['raw_one_thread_images_per_s']:.0f} |",
     ]
+    raw_ms = 1000 / r["raw_one_thread_images_per_s"]
     for e in r["end_to_end"]:
         rows.append(f"| end to end, {e['processes']} process(es) (images/s) | "
                     f"{e['images_per_s']:.0f} (efficiency {e['efficiency']:.2f} against the "
                     f"raw runs just before and after: {e['raw_around']:.0f}) |")
+        cpu = e["cpu_ms_per_image"]
+        rows.append(f"| CPU ms per image, {e['processes']} process(es) | worker "
+                    f"{cpu['worker']:.2f}, Redis {cpu['redis']:.2f}, broker "
+                    f"{cpu['broker']:.2f} ({cpu['cores_busy']:.2f} cores busy; raw inference "
+                    f"alone {raw_ms:.2f} at 1 thread) |")
+    first = r["end_to_end"][0]
+    rows.append(f"| efficiency ceiling with Redis on the same cores | {first['ceiling']:.2f} "
+                f"(a worker costing nothing beyond inference, Redis's measured CPU per image "
+                f"beside it) |")
     rss = r["end_to_end"][0]["rss_mb"]
     if rss:
         points = ", ".join(f"{mb:.0f} MB @ {n:,}" for n, mb in rss[:: max(1, len(rss) // 5)])
@@ -293,7 +370,7 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=90)
     parser.add_argument("--images", type=int, default=10_000, help="for 1 process and RSS")
     parser.add_argument("--images-two", type=int, default=5_000, help="for 2 processes")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--raw-seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=0,
                         help="latency run: images/s (default: a quarter of the measured "
@@ -335,14 +412,16 @@ def main() -> None:
             # that a neighbour's load on the shared machine weighs on both sides of the ratio.
             results = []
             log(f"end to end, 1 process, {len(one):,} images (RSS sampled)")
-            results.append(end_to_end(named("one"), one, 1, rss_every=1000))
+            services = {"redis": stack.redis.pid, "broker": stack.broker.pid}
+            results.append(end_to_end(named("one"), one, 1, services, rss_every=1000))
             raws.append(raw())
             log(f"end to end, 2 processes, {len(two):,} images")
-            results.append(end_to_end(named("two"), two, 2))
+            results.append(end_to_end(named("two"), two, 2, services))
             raws.append(raw())
             for i, e in enumerate(results):
                 e["raw_around"] = round((raws[i] + raws[i + 1]) / 2, 1)
                 e["efficiency"] = round(e["images_per_s"] / e["raw_around"], 3)
+                e["ceiling"] = efficiency_ceiling(e["raw_around"], e["cpu_ms_per_image"])
             rate = args.rate or max(5.0, round(results[0]["images_per_s"] / 4))
             late = make_images(int(rate * args.latency_seconds), seed=8)
             log(f"latency at {rate:.0f} images/s for {args.latency_seconds:.0f} s")

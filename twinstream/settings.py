@@ -87,7 +87,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    batch: int = setting(32, "Images embedded per onnxruntime call.", flag="--batch")
+    batch: int = setting(64, "Images embedded per onnxruntime call.", flag="--batch")
     max_wait_ms: int = setting(
         50, "Longest a partial batch waits for more records before it is embedded.",
         flag="--max-wait-ms")

@@ -8,12 +8,12 @@ def test_defaults_without_environment():
     s = load_settings({})
     assert s.kafka.topic == "images"
     assert s.kafka.dlq_topic == "images.dlq"
-    assert s.worker.batch == 32
+    assert s.worker.batch == 64
     assert s.redis.url == ""
 
 
 def test_environment_is_typed_and_flags_win():
-    env = {"TWINSTREAM_WORKER_BATCH": "64", "TWINSTREAM_KAFKA_TOPIC": "faces",
+    env = {"TWINSTREAM_WORKER_BATCH": "48", "TWINSTREAM_KAFKA_TOPIC": "faces",
            "TWINSTREAM_REDIS_URL": "redis://h:1/0"}
     s = load_settings(env, {"worker.batch": "8", "redis.url": None})
     assert s.worker.batch == 8  # flag beats the variable
