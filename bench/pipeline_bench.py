@@ -238,7 +238,7 @@ def end_to_end(settings, images: list[bytes], processes: int, services: dict[str
                     if fraction == 0.1:
                         meter.mark()
                     else:
-                        cpu = meter.per_image_ms(count - marks["count0.1"])
+                        cpu = meter.per_image_ms(max(1, count - marks["count0.1"]))
             if rss_every and count >= next_rss:
                 rss.append((count, round(rss_mb(proc.pid), 1)))
                 next_rss += rss_every
