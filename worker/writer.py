@@ -1,10 +1,14 @@
 """Writer step: the batch's index operations into Redis (pipelined, idempotent), its failures into
 the dead-letter topic; then, and only then, the batch counts as written.
 
-Redis or the broker failing is the world's fault, not the record's: the writer keeps the batch
-and retries with backoff and jitter until it succeeds (reporting it in the health state), or
-until the worker gives up at shutdown, in which case the batch is not committed and will be
-re-delivered.
+What belongs to one record (attributes Redis cannot store, a vector of the wrong kind, a command
+Redis refuses for that element) fails that record: it becomes a dead letter with stage ``write``
+and the rest of the batch is written. Redis or the broker failing is the world's fault, not the
+record's: the writer keeps the batch and retries with backoff and jitter until it succeeds
+(reporting it in the health state), or until the worker gives up at shutdown, in which case the
+batch is not committed and will be re-delivered. An error that is neither (a key of the index
+holding something else, a bug) is treated like the world failing: retried and reported, never a
+crash that would bring the same batch back to the next worker in a loop.
 """
 
 from __future__ import annotations
@@ -12,12 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 
-import redis
-from kafka.errors import KafkaError
-
-from index.connection import TRANSIENT_REPLIES
 from index.store import VectorIndex
-from twinstream.errors import ServiceUnavailable
+from twinstream.errors import TwinstreamError
 from worker.batch import Batch, Delete, Upsert, index_operations
 from worker.dlq import DeadLetterSender
 from worker.health import Health
@@ -27,17 +27,11 @@ from worker.retry import Backoff, GaveUp, retry
 
 log = logging.getLogger("twinstream.worker")
 
-# Redis replies that mean "not now" rather than "never".
-def redis_is_transient(exc: Exception) -> bool:
-    """Worth retrying: the index reports an unreachable or not-yet-ready Redis as
-    ServiceUnavailable; raw redis-py errors can still come from calls it does not wrap."""
-    if isinstance(exc, (ServiceUnavailable, redis.ConnectionError, redis.TimeoutError)):
-        return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
 
-
-def kafka_is_transient(exc: Exception) -> bool:
-    return isinstance(exc, KafkaError)
+def always(_exc: Exception) -> bool:
+    """Per-record problems are already dead letters when the write is attempted: whatever still
+    fails the batch is the world's (or a bug's), and waiting beats a crash loop."""
+    return True
 
 
 class Writer:
@@ -55,15 +49,15 @@ class Writer:
         self.backoff = backoff
 
     def __call__(self, batch: Batch) -> None:
-        ops = index_operations(batch.items, self.model_version)
         try:
+            ops = self._checked_operations(batch)
             if ops:
-                retry(lambda: self._apply(ops), redis_is_transient, self.give_up, self.backoff,
+                retry(lambda: self._apply(ops), always, self.give_up, self.backoff,
                       self._failed("redis"))
                 self._recovered("redis")
             failures = batch.failures
             if failures:
-                retry(lambda: self.dead_letters.send(failures), kafka_is_transient,
+                retry(lambda: self.dead_letters.send(failures), always,
                       self.give_up, self.backoff, self._failed("kafka"))
                 self._recovered("kafka")
         except GaveUp:
@@ -72,12 +66,42 @@ class Writer:
             return
         batch.written = True
 
-    def _apply(self, ops: list[Upsert | Delete]) -> None:
-        upserts = [op for op in ops if isinstance(op, Upsert)]
-        deletes = [op.id for op in ops if isinstance(op, Delete)]
+    def _checked_operations(self, batch: Batch) -> list[tuple[Upsert | Delete, tuple | None]]:
+        """The batch's operations with the command of each upsert, after failing the records
+        whose element Redis must not get. A failed record may uncover an earlier record of the
+        same id (per id, the last good record counts), so this runs until nothing more fails."""
+        while True:
+            checked: list[tuple[Upsert | Delete, tuple | None]] = []
+            refused = False
+            for op in index_operations(batch.items, self.model_version):
+                if isinstance(op, Delete):
+                    checked.append((op, None))
+                    continue
+                try:
+                    checked.append((op, self.index.upsert_command(op.id, op.vector,
+                                                                  op.attributes)))
+                except TwinstreamError as exc:
+                    op.item.fail("write", exc.message)
+                    refused = True
+                except Exception as exc:  # a record must never take the worker down
+                    op.item.fail("write", f"unexpected {type(exc).__name__}: {str(exc)[:200]}")
+                    refused = True
+            if not refused:
+                return checked
+
+    def _apply(self, checked: list[tuple[Upsert | Delete, tuple | None]]) -> None:
+        # Skip what a refused earlier attempt already failed (this may be a retry).
+        live = [(op, command) for op, command in checked if op.item.failure is None]
+        upserts = [(op, command) for op, command in live if isinstance(op, Upsert)]
+        deletes = [op.id for op, _ in live if isinstance(op, Delete)]
         # Thumbnail first: an element is never visible without its picture.
-        self.index.put_thumbnails({op.id: op.thumbnail for op in upserts if op.thumbnail})
-        self.index.upsert([(op.id, op.vector, op.attributes) for op in upserts])
+        self.index.put_thumbnails({op.id: op.thumbnail for op, _ in upserts if op.thumbnail})
+        outcomes = self.index.run_each([command for _, command in upserts], "upsert")
+        refused = [op for (op, _), error in zip(upserts, outcomes, strict=True) if error]
+        for (op, _), error in zip(upserts, outcomes, strict=True):
+            if error is not None:
+                op.item.fail("write", f"Redis refused the element: {error.message}")
+        self.index.delete_thumbnails([op.id for op in refused if op.thumbnail])
         self.index.delete(deletes)
 
     def _failed(self, target: str):
