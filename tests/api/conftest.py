@@ -120,3 +120,16 @@ def gallery(api_settings, encoder, shapes_data) -> Gallery:
 def api(api_settings, encoder, gallery) -> Iterator[RunningServer]:
     with running_server(api_settings, encoder) as server:
         yield server
+
+
+@pytest.fixture(scope="package")
+def write_api(base_settings, stack, onnx_model, encoder) -> Iterator[RunningServer]:
+    """A server with an index and topic of its own, for tests that enroll, ingest and delete
+    whatever they like (the shared gallery stays as the other tests expect it)."""
+    from tests import imagegen
+
+    with running_server(unique_settings(base_settings, stack, onnx_model), encoder) as server:
+        first = server.client.post("/enroll", data={"label": "first"}, files={
+            "image": ("a.png", imagegen.encode(imagegen.gradient(24, seed=77)))})
+        assert first.status_code == 201, first.text  # the index exists from here on
+        yield server

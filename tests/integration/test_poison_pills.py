@@ -185,3 +185,81 @@ def test_a_png_bigger_than_the_pixel_budget_is_a_dead_letter_not_a_crash(model_s
     assert running.error is None
     letters = topic_records(s, s.kafka.dlq_topic)
     assert [r.key for r in letters] == [b"too-many-pixels"]
+
+
+def test_ingest_of_a_folder_with_a_non_utf8_name_and_a_fifo_is_indexed_not_crash_looped(
+        model_settings, tmp_path):
+    """Before the fix: a file name that is not UTF-8 became a lone surrogate in the `source`
+    attribute and crash-looped every worker; a FIFO named on the command line hung ingest."""
+    from tests.integration.worker_support import run_cli
+
+    s = fast(model_settings)
+    folder = tmp_path / "data" / "cats"
+    folder.mkdir(parents=True)
+    latin1 = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+    with open(latin1, "wb") as f:
+        f.write(encode(gradient(seed=41)))
+    (folder / "plain.png").write_bytes(encode(gradient(seed=42)))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+
+    result = run_cli(s, "ingest", str(tmp_path / "data"), str(fifo), "--json", timeout=60)
+    assert result.returncode == 1, result.stderr  # one file failed: the FIFO
+    summary = json.loads(result.stdout)
+    assert summary["published"] == 2 and summary["failed"] == 1
+    assert "not a regular file" in json.dumps(summary["failures"])
+    with ThreadWorker(s) as running:
+        wait_until(lambda: count(s) == 2, 60, "both images indexed")
+    assert running.error is None
+    index = index_of(s)
+    sources = {h.attributes["source"] for h in index.search(index.vector(
+        content_id(encode(gradient(seed=42)))), k=5)}
+    assert any(src.endswith("caf\\xe9.png") for src in sources), sources
+
+
+def test_dlq_list_escapes_keys_and_reasons_for_the_terminal(model_settings):
+    from tests.integration.worker_support import run_cli
+
+    s = fast(model_settings)
+    publish(s, [(b"evil\x1b[2Jkey", b"not an image", [])])
+    with ThreadWorker(s) as running:
+        wait_until(lambda: running.worker.stats.records == 1, 60, "the record handled")
+    text = run_cli(s, "dlq", "list").stdout
+    assert "evil" in text and "\x1b" not in text and "\\x1b[2J" in text
+
+
+def test_a_worker_process_that_crashes_twice_in_a_row_reports_a_crash_loop(model_settings):
+    """Before: a crash-looping consumer was restarted for ever while `status` said ok."""
+    from index.store import connect
+    from worker.heartbeat import list_workers
+
+    s = fast(model_settings, processes=2)
+    client = connect(s.redis.url)
+    proc = worker_process(s, "--processes", "2")
+    killed: set[int] = set()
+
+    def children() -> list[dict]:
+        return [w for w in list_workers(client, s.kafka.group) if w["pid"] not in killed]
+
+    try:
+        first = wait_until(lambda: len(children()) == 2 and children(), 60,
+                           "both worker children's heartbeats")
+        seen = {w["pid"] for w in first}
+        victim = first[0]["pid"]
+        for _ in range(2):  # the same slot crashes twice in a row, within a minute
+            os.kill(victim, signal.SIGKILL)
+            killed.add(victim)
+            replacement = wait_until(lambda: [w for w in children() if w["pid"] not in seen],
+                                     60, "the crashed child started again")[0]
+            seen.add(replacement["pid"])
+            if len(killed) < 2:
+                victim = replacement["pid"]
+        restarted = wait_until(
+            lambda: [w for w in children() if w["health"]["status"] == "degraded"], 60,
+            "the restarted child reporting the crash loop")
+        assert "restarts" in restarted[0]["health"]["failing"]
+        assert "2 crashes in a row" in restarted[0]["health"]["failing"]["restarts"]["error"]
+        assert proc.poll() is None  # the pool itself keeps going
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
 import signal
 import threading
 from pathlib import Path
 
 from twinstream.cli import add_command
+from twinstream.errors import InputError
+
+GENERATE = "(generate)"
+
+
+def check_password(password: str) -> None:
+    """A password that survives a redis:// URL and Redis's own command line unescaped."""
+    if not password or not all(c.isascii() and (c.isalnum() or c in "-_.~") for c in password):
+        raise InputError("--redis-password may hold letters, digits and -_.~ only (or give no "
+                         "value to have one generated)")
 
 
 def register(subparsers) -> None:
@@ -14,6 +25,11 @@ def register(subparsers) -> None:
                     "start a local Kafka-protocol broker and Redis 8 until Ctrl-C",
                     settings=("kafka.bootstrap", "redis.url"))
     p.add_argument("--redis-aof", action="store_true", help="Redis with append-only persistence")
+    p.add_argument("--redis-password", nargs="?", const=GENERATE, default=None,
+                   metavar="PASSWORD",
+                   help="start Redis with this password, or a generated one when none is given; "
+                        "it is in the printed TWINSTREAM_REDIS_URL (default: no password, "
+                        "Redis listens on 127.0.0.1 only)")
 
     p = add_command(subparsers, "demo", demo,
                     "shapes -> train -> export -> stack -> ingest -> workers -> query, end to end",
@@ -26,10 +42,16 @@ def up(args, settings, out) -> int:
     from twinstream.errors import StackStartError
     from twinstream.stack import stack_for
 
+    password = args.redis_password
+    if password == GENERATE:
+        password = secrets.token_urlsafe(24)
+    elif password is not None:
+        check_password(password)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with stack_for(settings, redis_appendonly=args.redis_aof) as stack:
+    with stack_for(settings, redis_appendonly=args.redis_aof,
+                   redis_password=password) as stack:
         out.result({**stack.env(), "workdir": str(stack.workdir)},
                    stack.export_lines() + "\n# running; Ctrl-C stops both servers")
         while not stop.wait(0.5):
