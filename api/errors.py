@@ -22,10 +22,13 @@ from twinstream.errors import (
     ConfigError,
     ImageDecodeError,
     IndexMismatchError,
+    IndexNotReadyError,
     InputError,
     ModelError,
     NotFoundError,
+    OverloadedError,
     ServiceUnavailable,
+    TooLargeError,
     TwinstreamError,
 )
 from twinstream.fields import printable
@@ -79,16 +82,33 @@ def _code(status: int) -> str:
 
 
 def status_of(exc: TwinstreamError) -> int:
-    """The HTTP status of one of the project's exceptions."""
+    """The HTTP status of one of the project's exceptions: the one place where the search
+    service's errors (``index/service.py``) become HTTP."""
+    if isinstance(exc, IndexNotReadyError):
+        return 503  # no index yet: the server is not ready, the request may be fine
     if isinstance(exc, NotFoundError):
         return 404
     if isinstance(exc, IndexMismatchError):
         return 409  # the model and the live index disagree: not the client's fault, not transient
     if isinstance(exc, (ServiceUnavailable, ModelError, ConfigError)):
         return 503
-    if isinstance(exc, (ImageDecodeError, InputError)):
-        return 400
+    if isinstance(exc, TooLargeError):
+        return 413
+    if isinstance(exc, ImageDecodeError):
+        return 415 if exc.not_an_image else 400
+    if isinstance(exc, InputError) and exc.field:
+        return 422  # a field of the request is wrong: say which
     return 400
+
+
+def response_for(exc: TwinstreamError) -> JSONResponse:
+    status = status_of(exc)
+    message = exc.message.splitlines()[0]
+    field = getattr(exc, "field", None)
+    detail = [{"field": field, "message": message}] if field and status == 422 else None
+    headers = ({"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError)
+               else None)
+    return error_response(status, message, detail, headers)
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
@@ -107,7 +127,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TwinstreamError)
     async def _twinstream_error(_request: Request, exc: TwinstreamError) -> JSONResponse:
-        return error_response(status_of(exc), exc.message.splitlines()[0])
+        return response_for(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from api.errors import ApiError
+from api.ingest import StreamWriter
 from api.schemas import (
     DeleteResponse,
     EnrollResponse,
@@ -28,8 +29,10 @@ from api.schemas import (
     VectorQuery,
     VerifyResponse,
 )
-from api.service import SearchResult, SearchService
+from index.service import SearchResult, SearchService
 from index.store import Hit
+from twinstream.errors import InputError
+from twinstream.fields import parse_attributes
 
 MAX_INGEST_FILES = 64
 
@@ -53,6 +56,10 @@ async def blocking(fn, *args, **kwargs):
 
 def service(request: Request) -> SearchService:
     return request.app.state.service
+
+
+def stream(request: Request) -> StreamWriter:
+    return request.app.state.stream
 
 
 def require_token(request: Request,
@@ -193,9 +200,10 @@ async def get_item(request: Request, item_id: str,
                responses=_errors(401, 422, 503), tags=["write"])
 async def delete_item(request: Request, item_id: str) -> DeleteResponse:
     """Publish a tombstone for the id; the workers remove it from the index."""
-    svc = service(request)
-    indexed = await blocking(svc.delete, item_id)
-    return DeleteResponse(id=item_id, indexed=indexed, topic=svc.settings.kafka.topic)
+    writer = stream(request)
+    indexed = await blocking(writer.delete, item_id)
+    request.app.state.metrics.published.labels("tombstone").inc()
+    return DeleteResponse(id=item_id, indexed=indexed, topic=writer.settings.topic)
 
 
 # --- one-shot recognition ----------------------------------------------------------------------
@@ -208,7 +216,7 @@ Threshold = Annotated[float | None, Form(
 @router.post("/recognize", response_model=RecognizeResponse,
              responses=_errors(400, 409, 413, 415, 422, 503, 504), tags=["recognition"])
 async def recognize_image(request: Request, image: ImageFile,
-                          k: Annotated[int, Form(ge=1)] = 5,
+                          k: Annotated[int, Form(description="candidates, 1..max k")] = 5,
                           threshold: Threshold = None) -> RecognizeResponse:
     """The label of the nearest enrolled reference, or "unknown" below the threshold."""
     svc = service(request)
@@ -228,7 +236,6 @@ async def verify_pair(request: Request, a: ImageFile, b: ImageFile,
                       threshold: Threshold = None) -> VerifyResponse:
     """Whether two images show the same thing: their similarity against the threshold."""
     svc = service(request)
-    svc.check_threshold(threshold)
     result = await blocking(svc.verify, await a.read(), await b.read(), threshold)
     return VerifyResponse(score=result.score, threshold=result.threshold, same=result.same,
                           model_version=svc.require_encoder().version)
@@ -245,10 +252,10 @@ async def enroll_image(request: Request, image: ImageFile,
                        ) -> EnrollResponse:
     """Add one labelled reference image to the index now (no Kafka round trip)."""
     svc = service(request)
-    attrs = svc.parse_attributes(attributes, None)
-    image_id, index = await blocking(svc.enroll, await image.read(), label, id, attrs)
-    return EnrollResponse(id=image_id, label=label.strip(), model_version=index.info.version,
-                          index=index.info.name)
+    attrs = form_attributes(attributes, None)
+    done = await blocking(svc.enroll, [await image.read()], label, id, attrs)
+    return EnrollResponse(id=done.ids[0], label=done.label,
+                          model_version=done.index.info.version, index=done.index.info.name)
 
 
 @router.post("/ingest", response_model=IngestResponse, status_code=202,
@@ -264,12 +271,24 @@ async def ingest_images(request: Request,
                             description="JSON object of extra attributes")] = None
                         ) -> IngestResponse:
     """Publish images to the images topic; the workers embed and index them."""
-    svc = service(request)
+    writer = stream(request)
     if not 1 <= len(image) <= MAX_INGEST_FILES:
         raise ApiError(422, f"send between 1 and {MAX_INGEST_FILES} images, got {len(image)}")
     if id is not None and len(image) != 1:
         raise ApiError(422, "id names a single image; leave it out when sending several")
-    attrs = svc.parse_attributes(attributes, label)
+    attrs = form_attributes(attributes, label)
     uploads = [(await u.read(), u.content_type or "application/octet-stream") for u in image]
-    ids = await blocking(svc.ingest, uploads, id, attrs)
-    return IngestResponse(ids=ids, topic=svc.settings.kafka.topic)
+    ids = await blocking(writer.ingest, uploads, id, attrs)
+    request.app.state.metrics.published.labels("image").inc(len(ids))
+    return IngestResponse(ids=ids, topic=writer.settings.topic)
+
+
+def form_attributes(text: str | None, label: str | None) -> dict[str, Any]:
+    """Form fields ``attributes`` (a JSON object) and ``label``, checked like a record's."""
+    try:
+        attrs = parse_attributes(text)
+    except InputError as exc:
+        raise InputError(f"attributes: {exc.message}", field="attributes") from exc
+    if label is not None and label.strip():
+        attrs["label"] = SearchService.check_label(label)
+    return attrs

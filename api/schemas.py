@@ -14,7 +14,7 @@ class SearchOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    k: int = Field(10, ge=1, description="number of results")
+    k: int = Field(10, description="number of results, 1..TWINSTREAM_API_MAX_K")
     filter: str | None = Field(None, description='attribute filter, e.g. .label == "cat"')
 
 
@@ -26,7 +26,7 @@ class VectorQuery(BaseModel):
     vector: list[float] | None = Field(None, max_length=MAX_VECTOR_VALUES,
                                        description="query embedding (the index's dimension)")
     id: str | None = Field(None, description="id of an indexed item to use as the query")
-    k: int = Field(10, ge=1, description="number of results")
+    k: int = Field(10, description="number of results, 1..TWINSTREAM_API_MAX_K")
     filter: str | None = Field(None, description='attribute filter, e.g. .label == "cat"')
 
     @model_validator(mode="after")

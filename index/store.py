@@ -28,6 +28,7 @@ from index.query import MAX_K, Hit, SearchOptions, merge_hits, parse_attributes,
 from twinstream.errors import (
     ConfigError,
     IndexMismatchError,
+    IndexNotReadyError,
     InputError,
     NotFoundError,
     ServiceUnavailable,
@@ -180,7 +181,8 @@ class VectorIndex:
         """The version of index ``name`` that queries use."""
         version = cls.live_version(client, name)
         if version is None:
-            raise NotFoundError(f"index {name!r} does not exist yet: run a worker to fill it")
+            raise IndexNotReadyError(f"index {name!r} does not exist yet: run a worker to fill "
+                                     "it")
         try:
             return cls.open(client, name, version, ef=ef)
         except NotFoundError:

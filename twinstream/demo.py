@@ -138,16 +138,14 @@ def _run_workers_until_indexed(settings: Settings, card, expected: int, cfg: Dem
 
 
 def _query_all(settings: Settings, model_path: Path, queries: list[Path], k: int) -> list[dict]:
-    from index.store import VectorIndex, connect
+    """Each held-out image through the search service (the one the CLI and the API call)."""
+    from index.service import SearchService
     from twinstream.runtime import Encoder
 
-    encoder = Encoder(model_path)
-    index = VectorIndex.live(connect(settings.redis.url), settings.redis.index)
-    embedded = encoder.embed_bytes([p.read_bytes() for p in queries])
+    service = SearchService(settings, Encoder(model_path))
     results = []
-    for vector, position in zip(embedded.vectors, embedded.kept, strict=True):
-        path = queries[position]
-        hits = index.search(vector, k=k)
+    for path in queries:
+        hits = service.search_image(path.read_bytes(), k, what=str(path)).hits
         label = path.parent.name
         same = sum(h.attributes.get("label") == label for h in hits)
         results.append({"query": str(path), "label": label, "agreement": same / k,

@@ -127,9 +127,13 @@ def _produced_at(raw: bytes | None) -> int:
     return value
 
 
-def content_id(data: bytes) -> str:
-    """The default image id: the content hash, so re-ingesting the same bytes is a no-op."""
-    return hashlib.sha256(data).hexdigest()[:32]
+def content_id(data: bytes | Iterable[bytes]) -> str:
+    """The default image id: the content hash, so re-ingesting the same bytes is a no-op.
+    ``data`` may come in chunks (a large file read piece by piece): the id is the same."""
+    digest = hashlib.sha256()
+    for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+        digest.update(chunk)
+    return digest.hexdigest()[:32]
 
 
 def now_ms() -> int:

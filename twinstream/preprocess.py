@@ -105,6 +105,17 @@ def _formats() -> tuple[str, ...]:
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
+# Signatures of the formats people upload: bytes that start like one of them are "that format,
+# but broken"; anything else is "not an image at all" (the API answers 400 and 415).
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM",
+               b"II*\x00", b"MM\x00*")
+
+
+def looks_like_an_image(data: bytes) -> bool:
+    """Whether the bytes start like a PNG, JPEG, GIF, WebP, BMP or TIFF file."""
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def header_pixels(data: bytes) -> int:
     """Width x height read from the image header, without decoding it; 0 when the bytes are not
     a supported image (``decode_image`` then says why)."""

@@ -48,6 +48,9 @@ class KafkaSettings:
         900_000, "Largest image ingest puts inside a record; a larger file is sent by reference "
         "(empty value, a `uri` header naming its path on a volume the workers share).",
         flag="--inline-max-bytes")
+    publish_timeout_s: float = setting(
+        30.0, "Longest anything waits for the broker to take what it publishes (ingest, "
+        "delete, dead letters, replay, the API's ingest); then it reports Kafka unavailable.")
 
     @property
     def dlq_topic(self) -> str:
@@ -267,6 +270,7 @@ def _validate(settings: Settings) -> None:
     positive = {
         "TWINSTREAM_KAFKA_PARTITIONS": settings.kafka.partitions,
         "TWINSTREAM_KAFKA_INLINE_MAX_BYTES": settings.kafka.inline_max_bytes,
+        "TWINSTREAM_KAFKA_PUBLISH_TIMEOUT_S": settings.kafka.publish_timeout_s,
         "TWINSTREAM_WORKER_BATCH": settings.worker.batch,
         "TWINSTREAM_WORKER_DECODE_THREADS": settings.worker.decode_threads,
         "TWINSTREAM_WORKER_MAX_IN_FLIGHT": settings.worker.max_in_flight,

@@ -42,11 +42,12 @@ from worker.dlq import DeadLetterSender
 from worker.embedder import Embedder
 from worker.health import Health
 from worker.heartbeat import Heartbeat, heartbeat_key
-from worker.kafka_io import ensure_topics, make_consumer, make_producer
+from worker.kafka_io import ensure_topics, make_consumer
 from worker.logs import event
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline
 from worker.pool import HEALTHY_RUN_S
+from worker.publish import Publisher
 from worker.reader import Reader
 from worker.writer import Writer
 
@@ -145,7 +146,8 @@ class Worker:
         self.index = open_index(connect(settings.redis.url), settings, self.encoder.card,
                                 reindex)
         ensure_topics(settings.kafka)
-        self.dlq = make_producer(settings.kafka, client_id="twinstream-dlq", linger_ms=0)
+        self.dlq = Publisher(settings.kafka, client_id="twinstream-dlq", linger_ms=0,
+                             create_topics=False)
         # A fetch long-polls the broker up to fetch_max_wait_ms when there is nothing new; at
         # Kafka's default (500 ms) that wait, not the work, would dominate latency at low rates.
         self.reader = Reader(make_consumer(settings.kafka,
@@ -155,8 +157,7 @@ class Worker:
         self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
         self.pipeline = Pipeline(
             [self.decoder, Embedder(self.encoder),
-             Writer(self.index, DeadLetterSender(self.dlq, settings.kafka.dlq_topic,
-                                                 self.worker_id),
+             Writer(self.index, DeadLetterSender(self.dlq, self.worker_id),
                     self.encoder.version, self.health, self.metrics, self.give_up)],
             capacity=cfg.max_in_flight, observe=self.metrics.observe_step)
         self.heartbeat = Heartbeat(self.index.client,
@@ -273,7 +274,7 @@ class Worker:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         try:
-            self.dlq.close(timeout=10)
+            self.dlq.close()
         finally:
             self.reader.close()
 

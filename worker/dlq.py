@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kafka import KafkaProducer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import (
     CorruptRecordError,
     InvalidRecordError,
@@ -25,13 +25,13 @@ from kafka.structs import OffsetAndMetadata
 from twinstream.errors import ServiceUnavailable
 from twinstream.settings import KafkaSettings
 from worker.batch import Item
-from worker.kafka_io import make_consumer, make_producer
+from worker.kafka_io import make_consumer
+from worker.publish import Publisher
 from worker.topics import end_offsets, partitions, read_all
 
 ERROR_PREFIX = "error."
 VALUE_DROPPED = "error.value-dropped"
 MAX_REASON_BYTES = 1000
-SEND_TIMEOUT_S = 30.0
 WHOLE, WITHOUT_VALUE, ERRORS_ONLY = 0, 1, 2  # how much of a record its dead letter carries
 
 
@@ -67,9 +67,9 @@ def dead_letter_headers(record, stage: str, reason: str, worker_id: str) -> list
 class DeadLetterSender:
     """Sends the failed items of a batch and waits until the broker has them all."""
 
-    def __init__(self, producer: KafkaProducer, topic: str, worker_id: str):
-        self.producer = producer
-        self.topic = topic
+    def __init__(self, publisher: Publisher, worker_id: str):
+        self.publisher = publisher
+        self.topic = publisher.settings.dlq_topic
         self.worker_id = worker_id
         self._sent: set[int] = set()  # id() of items already acknowledged, across retries
 
@@ -80,7 +80,7 @@ class DeadLetterSender:
             if id(item) in self._sent:
                 continue
             pending.append((item, self._send(item, WHOLE)))
-        self.producer.flush(timeout=SEND_TIMEOUT_S)
+        self.publisher.flush()
         for item, future in pending:
             self._deliver(item, future)
             self._sent.add(id(item))
@@ -93,11 +93,11 @@ class DeadLetterSender:
         Raises ``KafkaError`` (retryable) when even the smallest letter does not go."""
         for lighter in (WITHOUT_VALUE, ERRORS_ONLY):
             try:
-                future.get(timeout=SEND_TIMEOUT_S)
+                self.publisher.wait(future)
                 return
             except LETTER_REFUSALS:
                 future = self._send(item, lighter)
-        future.get(timeout=SEND_TIMEOUT_S)
+        self.publisher.wait(future)
 
     def _send(self, item: Item, level: int):
         """Send one letter at ``level``: the whole record plus the error headers; without its
@@ -118,7 +118,7 @@ class DeadLetterSender:
                 headers = [h for h in headers if h[0].startswith(ERROR_PREFIX)]
             headers = [*headers, (VALUE_DROPPED, dropped.encode())]
         try:
-            return self.producer.send(self.topic, key=record.key, value=value, headers=headers)
+            return self.publisher.send(self.topic, record.key, value, headers)
         except LETTER_REFUSALS:
             if level == ERRORS_ONLY:
                 raise
@@ -188,7 +188,7 @@ def replay(settings: KafkaSettings, ids: Iterable[str] = (), dry_run: bool = Fal
         start = {} if wanted else {tp: _committed(consumer, tp) for tp in tps}
         ends = end_offsets(consumer, tps)
         summary = ReplaySummary(ids=[])
-        producer = None if dry_run else make_producer(settings, client_id="twinstream-replay")
+        publisher = None if dry_run else Publisher(settings, client_id="twinstream-replay")
         try:
             for record in read_all(settings, settings.dlq_topic, start):
                 key = record.key.decode("utf-8", "replace") if record.key else ""
@@ -199,22 +199,21 @@ def replay(settings: KafkaSettings, ids: Iterable[str] = (), dry_run: bool = Fal
                 if any(k == VALUE_DROPPED for k, _ in record.headers or []):
                     summary.skipped += 1
                     continue
-                if producer is not None:
-                    producer.send(settings.topic, key=record.key, value=record.value,
-                                  headers=headers)
+                if publisher is not None:
+                    publisher.send(settings.topic, record.key, record.value, headers)
                 summary.replayed += 1
                 summary.ids.append(key)
-            if producer is not None:
-                producer.flush(timeout=SEND_TIMEOUT_S)
+            if publisher is not None:
+                publisher.flush()
         finally:
-            if producer is not None:
-                producer.close(timeout=10)
+            if publisher is not None:
+                publisher.close()
         if not wanted and not dry_run:
             consumer.assign(tps)
             consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
         return summary
     except KafkaError as exc:
-        raise ServiceUnavailable(f"replaying dead letters failed: {exc}") from None
+        raise ServiceUnavailable(f"replaying dead letters failed: {exc}") from exc
     finally:
         consumer.close(autocommit=False)
 

@@ -11,7 +11,6 @@ Sends are asynchronous; failures are counted per file, not fatal, and reported a
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -20,14 +19,13 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from twinstream.errors import InputError, ServiceUnavailable
+from twinstream.errors import InputError
 from twinstream.files import display_path, read_regular_file
 from twinstream.messages import ImageMessage, check_id, content_id, now_ms
 from twinstream.settings import KafkaSettings
-from worker.kafka_io import ensure_topics, make_producer
+from worker.publish import Publisher
 
 ID_SOURCES = ("content", "path")
-SEND_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -44,12 +42,9 @@ class IngestSummary:
                 "failures": self.failed, "skips": self.skipped}
 
 
-def _content_hash(path: Path) -> str:
-    digest = hashlib.sha256()
+def _file_content_id(path: Path) -> str:
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:32]  # the same id as twinstream.messages.content_id(bytes)
+        return content_id(iter(lambda: f.read(1 << 20), b""))
 
 
 def message_for_file(path: Path, label_from_dir: bool = True, attributes: dict | None = None,
@@ -69,7 +64,7 @@ def message_for_file(path: Path, label_from_dir: bool = True, attributes: dict |
         attrs.setdefault("label", display_path(path.parent.name) or "unlabelled")
     attrs.setdefault("source", display_path(path))
     if id_from == "content":
-        image_id = content_id(data) if inline else _content_hash(path)
+        image_id = content_id(data) if inline else _file_content_id(path)
     else:
         image_id = display_path(path.as_posix())
     uri = None
@@ -92,8 +87,7 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
     """
     if id_from not in ID_SOURCES:
         raise InputError(f"--id-from must be one of {', '.join(ID_SOURCES)}, got {id_from!r}")
-    ensure_topics(settings)
-    producer = make_producer(settings, linger_ms=20)
+    publisher = Publisher(settings, linger_ms=20)
     summary = IngestSummary()
     lock = threading.Lock()
     seen: dict[str, str] = {}
@@ -129,16 +123,16 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
                 continue
             seen[msg.id] = shown
             try:
-                future = producer.send(settings.topic, key=key, value=value, headers=headers)
+                future = publisher.send(settings.topic, key, value, headers)
             except KafkaError as exc:
                 summary.failed[shown] = f"not published: {exc}"
                 continue
             summary.ids.append(msg.id)
             future.add_callback(sent(msg.uri is not None))
             future.add_errback(failed(path))
-        producer.flush(timeout=SEND_TIMEOUT_S)
+        publisher.flush()
     finally:
-        producer.close(timeout=10)
+        publisher.close()
     failed_paths = set(summary.failed)
     if failed_paths:  # ids of files whose send failed are not published
         ok_ids = {msg_id for msg_id, p in seen.items() if p not in failed_paths}
@@ -148,21 +142,7 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
 
 def delete_ids(settings: KafkaSettings, ids: Iterable[str]) -> int:
     """Publish a tombstone per id; workers remove those ids (and thumbnails) from the index."""
-    ids = list(dict.fromkeys(ids))
-    for image_id in ids:
-        check_id(image_id)
-    ensure_topics(settings)
-    producer = make_producer(settings)
-    try:
-        futures = []
-        for image_id in ids:
-            key, value, headers = ImageMessage(id=image_id, data=None).to_record()
-            futures.append(producer.send(settings.topic, key=key, value=value, headers=headers))
-        producer.flush(timeout=SEND_TIMEOUT_S)
-        for future in futures:
-            future.get(timeout=SEND_TIMEOUT_S)
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"could not publish the tombstones: {exc}") from None
-    finally:
-        producer.close(timeout=10)
+    ids = [check_id(image_id) for image_id in dict.fromkeys(ids)]
+    with Publisher(settings) as publisher:
+        publisher.publish(ImageMessage(id=image_id, data=None) for image_id in ids)
     return len(ids)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from index.filters import parse_filter
 from twinstream.cli import add_command, add_group
 from twinstream.errors import InputError
-from twinstream.fields import check_id
 
 REDIS = ("redis.url", "redis.index")
 SEARCH = (*REDIS, "redis.ef", "model.path")
@@ -76,10 +74,12 @@ def _search_options(p) -> None:
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def _encoder(settings):
+def _service(settings, with_model: bool = True):
+    """The search service the API and the demo use too: same answers, same refusals."""
+    from index.service import SearchService
     from twinstream.encoder_options import load_encoder
 
-    return load_encoder(settings)
+    return SearchService(settings, load_encoder(settings) if with_model else None)
 
 
 def _read_image(path_text: str) -> tuple[Path, bytes]:
@@ -87,21 +87,6 @@ def _read_image(path_text: str) -> tuple[Path, bytes]:
     if not path.is_file():
         raise InputError(f"no such image file: {path}")
     return path, path.read_bytes()
-
-
-def _embed(encoder, path_text: str):
-    path, data = _read_image(path_text)
-    embedded = encoder.embed_bytes([data])
-    if embedded.failed:
-        raise InputError(f"{path}: {embedded.failed[0]}")
-    return embedded.vectors[0]
-
-
-def _live_index(settings):
-    from index.store import VectorIndex, connect
-
-    return VectorIndex.live(connect(settings.redis.url), settings.redis.index,
-                            ef=settings.redis.ef or None)
 
 
 def _read_vector(text: str):
@@ -115,7 +100,7 @@ def _read_vector(text: str):
         return np.asarray(json.loads(Path(text).read_text()), dtype=np.float32).reshape(-1)
     except (ValueError, TypeError, OSError) as exc:
         raise InputError(f"--vector {text[:40]!r} is not a .npy file, a .json file or a JSON "
-                         f"list of numbers ({exc})") from None
+                         f"list of numbers ({exc})") from exc
 
 
 def _hit_lines(hits) -> str:
@@ -132,40 +117,36 @@ def query(args, settings, out) -> None:
     given = [x for x in (args.image, args.like_id, args.vector) if x]
     if len(given) != 1:
         raise InputError("give exactly one of IMAGE, --id ID or --vector V")
+    from index.service import SearchService
+
     if args.like_id:
-        check_id(args.like_id)
-    parse_filter(args.filter)  # a bad filter is refused before any work
-    options = {"filter": args.filter, "exact": args.exact, "filter_ef": args.filter_ef}
-    source: dict = {}
+        SearchService.check_id(args.like_id)
+    SearchService.check_filter(args.filter)  # a bad filter is refused before any work
+    options = {"exact": args.exact, "filter_ef": args.filter_ef}
+    service = _service(settings, with_model=bool(args.image))
     if args.image:
-        encoder = _encoder(settings)
-        vector = _embed(encoder, args.image)
-        index = _live_index(settings)
-        index.check_model(encoder.card)
-        source = {"query": args.image}
-    else:
-        index = _live_index(settings)
-    if args.like_id:
-        hits = index.search_by_id(args.like_id, k=args.k, **options)
+        path, data = _read_image(args.image)
+        result = service.search_image(data, args.k, args.filter, what=str(path), **options)
+        source: dict = {"query": args.image}
+    elif args.like_id:
+        result = service.search_like(args.like_id, args.k, args.filter, **options)
         source = {"query_id": args.like_id}
     else:
-        if args.vector:
-            vector = _read_vector(args.vector)
-            source = {"query_vector": True}
-        hits = index.search(vector, k=args.k, **options)
-    out.result({**source, "index": index.info.name, "model_version": index.info.version,
-                "hits": [h.to_dict() for h in hits]}, _hit_lines(hits))
+        result = service.search_vector(_read_vector(args.vector), args.k, args.filter,
+                                       **options)
+        source = {"query_vector": True}
+    out.result({**source, "index": result.index.info.name,
+                "model_version": result.index.info.version,
+                "hits": [h.to_dict() for h in result.hits]}, _hit_lines(result.hits))
 
 
 def recognize_cmd(args, settings, out) -> None:
-    from index.recognition import recognize
+    from index.service import SearchService
 
-    parse_filter(args.filter)
-    encoder = _encoder(settings)
-    vector = _embed(encoder, args.image)
-    index = _live_index(settings)
-    index.check_model(encoder.card)
-    result = recognize(index, vector, threshold=args.threshold, k=args.k, filter=args.filter)
+    SearchService.check_filter(args.filter)
+    path, data = _read_image(args.image)
+    result, _, _ = _service(settings).recognize(data, args.k, args.threshold, args.filter,
+                                                what=str(path))
     if result.known:
         text = (f"{result.label}  (similarity {result.score:+.4f} >= threshold "
                 f"{result.threshold:.4f}; reference {result.best.id})")
@@ -178,44 +159,23 @@ def recognize_cmd(args, settings, out) -> None:
 
 
 def enroll_cmd(args, settings, out) -> None:
-    from index.recognition import enroll
-    from index.store import VectorIndex, connect
-    from twinstream.messages import content_id
-    from twinstream.preprocess import decode_image
-    from twinstream.thumbnails import make_thumbnail
-
-    if args.image_id and len(args.images) > 1:
-        raise InputError("--id names one reference; give one image with it")
-    encoder = _encoder(settings)
-    index = VectorIndex.for_settings(connect(settings.redis.url), settings.redis,
-                                     encoder.card)
-    decoded = []
-    for path_text in args.images:  # everything is checked before anything is written
-        path, data = _read_image(path_text)
-        try:
-            decoded.append((path, args.image_id or content_id(data),
-                            decode_image(data, encoder.max_pixels)))
-        except InputError as exc:
-            raise InputError(f"{path}: {exc.message}") from None
-    vectors = encoder.embed_images([img for _, _, img in decoded])
-    ids = []
-    for (path, image_id, img), vector in zip(decoded, vectors, strict=True):
-        ids.append(enroll(index, image_id, vector, args.label, {"uri": str(path.resolve())}))
-        index.put_thumbnails({image_id: make_thumbnail(img)})
-    live = VectorIndex.live_version(index.client, index.info.name) == index.info.version
-    note = "" if live else f" (not live yet: 'twinstream index promote {index.info.version}')"
-    out.result({"label": args.label.strip(), "ids": ids, "index": index.info.name,
-                "model_version": index.info.version, "live": live},
-               f"enrolled {len(ids)} image(s) as {args.label.strip()!r} in index "
-               f"{index.info.name!r} version {index.info.version}{note}")
+    files = [_read_image(p) for p in args.images]  # every file read before anything is written
+    done = _service(settings).enroll(
+        [data for _, data in files], args.label, args.image_id,
+        per_image=[{"uri": str(path.resolve())} for path, _ in files],
+        names=[str(path) for path, _ in files])
+    info = done.index.info
+    live = done.live
+    note = "" if live else f" (not live yet: 'twinstream index promote {info.version}')"
+    out.result({"label": done.label, "ids": done.ids, "index": info.name,
+                "model_version": info.version, "live": live},
+               f"enrolled {len(done.ids)} image(s) as {done.label!r} in index "
+               f"{info.name!r} version {info.version}{note}")
 
 
 def verify_cmd(args, settings, out) -> None:
-    from index.recognition import resolve_threshold, verify
-
-    encoder = _encoder(settings)
-    a, b = _embed(encoder, args.first), _embed(encoder, args.second)
-    result = verify(a, b, resolve_threshold(encoder.card.threshold, args.threshold))
+    (path_a, a), (path_b, b) = _read_image(args.first), _read_image(args.second)
+    result = _service(settings).verify(a, b, args.threshold, names=(str(path_a), str(path_b)))
     verdict = "same" if result.same else "different"
     out.result({"a": args.first, "b": args.second, **result.to_dict()},
                f"{verdict}  (similarity {result.score:+.4f}, threshold {result.threshold:.4f})")

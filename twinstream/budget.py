@@ -1,4 +1,4 @@
-"""How many uploads the API decodes at once, and how many pixels: its memory, bounded.
+"""How many images a server decodes at once, and how many pixels: its memory, bounded.
 
 A 6300 x 6300 PNG is 131 KB on the wire and 120 MB once decoded (more while it is converted);
 eight of them at once took the API from 143 MB to 2.6 GB. Every upload asks the budget for its
@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from api.errors import ApiError
+from twinstream.errors import OverloadedError
 
 WAIT_S = 2.0  # how long an upload waits for room before the 503
 RETRY_AFTER_S = 1
@@ -40,10 +40,9 @@ class DecodeBudget:
         with self._room:
             if not self._room.wait_for(lambda: self._free_slots > 0 and
                                        self._free_pixels >= need, timeout=self.wait_s):
-                raise ApiError(503, f"the server is decoding as many images as it may "
-                                    f"({self.slots} at once, {self.pixels:,} pixels); retry in "
-                                    f"{RETRY_AFTER_S} s", headers={"Retry-After":
-                                                                   str(RETRY_AFTER_S)})
+                raise OverloadedError(f"the server is decoding as many images as it may "
+                                      f"({self.slots} at once, {self.pixels:,} pixels); retry "
+                                      f"in {RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
             self._free_slots -= 1
             self._free_pixels -= need
         try:
