@@ -26,7 +26,7 @@ from training.metrics import (
 from training.plots import plot_confusion, plot_curves, plot_projection, plot_roc
 from training.retrieval import retrieval_metrics
 from twinstream.errors import InputError
-from twinstream.output import to_json
+from twinstream.jsonio import to_json
 from twinstream.preprocess import Preprocessing
 
 SPLIT_CHOICES = ("auto", "all", "train", "val", "test")

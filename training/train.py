@@ -31,7 +31,7 @@ from training.models import build_encoder
 from training.optim import build_optimizer, lr_factor, set_lr
 from training.sampling import PKSampler
 from twinstream.errors import InputError, ModelError
-from twinstream.output import to_json
+from twinstream.jsonio import to_json
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 

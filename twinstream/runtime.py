@@ -10,9 +10,10 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from twinstream.errors import ModelError
+from twinstream.errors import ConfigError, ModelError
 from twinstream.modelcard import PREFIX, ModelCard, content_version, verify_version
 from twinstream.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, image_to_array, preprocess_many
+from twinstream.settings import Settings
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -82,6 +83,19 @@ class Encoder:
             verify_version(card, path.read_bytes(), source=str(path))
         self.card = card
         self._check_shapes()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, path: str | Path | None = None,
+                      fallback: Preprocessing | None = None) -> Encoder:
+        """The encoder at ``path`` (default: ``settings.model.path``) with the settings'
+        threads and pixel limit; ``fallback``: the preprocessing of a foreign encoder."""
+        path = path or settings.model.path
+        if not path:
+            raise ConfigError("no model given: pass --model model.onnx or set "
+                              "TWINSTREAM_MODEL_PATH")
+        return cls(path, threads=settings.model.threads,
+                   inter_threads=settings.model.inter_threads, spin=settings.model.spin,
+                   max_pixels=settings.worker.max_image_pixels, fallback=fallback)
 
     @property
     def version(self) -> str:

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass, field
 
 from index.store import VectorIndex, connect
-from twinstream.encoder_options import load_encoder
 from twinstream.errors import IndexMismatchError, ServiceUnavailable, TwinstreamError
 from twinstream.metrics import MetricsServer
 from twinstream.modelcard import ModelCard
@@ -142,7 +141,7 @@ class Worker:
         self.started_at = time.time()
         set_pixel_limit(cfg.max_image_pixels)
 
-        self.encoder = load_encoder(settings)
+        self.encoder = Encoder.from_settings(settings)
         self.index = open_index(connect(settings.redis.url), settings, self.encoder.card,
                                 reindex)
         ensure_topics(settings.kafka)

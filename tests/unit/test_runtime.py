@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.imagegen import encode, gradient, hostile
-from twinstream.encoder_options import add_encoder_options, foreign_preprocessing, load_encoder
+from twinstream.cli.encoder_options import add_encoder_options, foreign_preprocessing, load_encoder
 from twinstream.errors import ConfigError, InputError, ModelError
 from twinstream.modelcard import ModelCard, content_version
 from twinstream.preprocess import Preprocessing, preprocess_bytes

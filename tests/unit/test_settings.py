@@ -45,10 +45,10 @@ def test_every_setting_is_documented_in_the_table():
 def test_readme_configuration_table_matches_the_settings():
     from pathlib import Path
 
-    from twinstream.docs import render
+    from twinstream.cli.docs import render
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert render(readme) == readme, "run `python -m twinstream.docs` to regenerate the table"
+    assert render(readme) == readme, "run `python -m twinstream.cli.docs` to regenerate the table"
 
 
 def test_bootstrap_must_be_host_port_pairs():

@@ -81,7 +81,7 @@ def test_unknown_architecture_and_mismatched_weights_are_model_errors(tmp_path):
 def test_cli_choices_match_the_training_modules():
     """The CLI repeats the choice lists (so --help never loads torch); they must not drift."""
     from training import losses
-    from twinstream.commands import train as command
+    from twinstream.cli.commands import train as command
 
     assert tuple(ARCHITECTURES) == command.ARCHS
     assert command.LOSSES == losses.LOSSES and command.MINING == losses.MINING

@@ -16,18 +16,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twinstream import __version__
+from twinstream.cli.output import Output
 from twinstream.errors import TwinstreamError
-from twinstream.output import Output
 from twinstream.settings import Settings, flag_specs, load_settings
 
 COMMAND_MODULES = (
-    "twinstream.commands.data",
-    "twinstream.commands.train",
-    "twinstream.commands.model",
-    "twinstream.commands.stream",
-    "twinstream.commands.search",
-    "twinstream.commands.stack",
-    "twinstream.commands.serve",
+    "twinstream.cli.commands.data",
+    "twinstream.cli.commands.train",
+    "twinstream.cli.commands.model",
+    "twinstream.cli.commands.stream",
+    "twinstream.cli.commands.search",
+    "twinstream.cli.commands.stack",
+    "twinstream.cli.commands.serve",
 )
 
 Handler = Callable[[argparse.Namespace, Settings, Output], "int | None"]

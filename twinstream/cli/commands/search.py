@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from twinstream.cli import add_command, add_group
+from twinstream.cli.main import add_command, add_group
 from twinstream.errors import InputError
 
 REDIS = ("redis.url", "redis.index")
@@ -77,7 +77,7 @@ def _search_options(p) -> None:
 def _service(settings, with_model: bool = True):
     """The search service the API and the demo use too: same answers, same refusals."""
     from index.service import SearchService
-    from twinstream.encoder_options import load_encoder
+    from twinstream.cli.encoder_options import load_encoder
 
     return SearchService(settings, load_encoder(settings) if with_model else None)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twinstream.cli import add_command, add_group
+from twinstream.cli.main import add_command, add_group
 from twinstream.errors import InputError
 
 

@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from twinstream.cli import add_command
+from twinstream.cli.main import add_command
 from twinstream.errors import InputError
 
 GENERATE = "(generate)"
@@ -65,7 +65,7 @@ def up(args, settings, out) -> int:
 
 
 def demo(args, settings, out) -> int:
-    from twinstream.demo import DemoConfig, run_demo
+    from twinstream.cli.demo import DemoConfig, run_demo
 
     report = run_demo(DemoConfig(out=Path(args.out), epochs=args.epochs), settings, out)
     text = [f"{'query':40s} top-{len(report['results'][0]['hits'])} labels"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from twinstream.cli import add_command, add_group
+from twinstream.cli.main import add_command, add_group
 from twinstream.errors import InputError
 from twinstream.fields import check_attributes
 from twinstream.files import expand_paths

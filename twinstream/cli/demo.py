@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from twinstream.cli.output import Output
 from twinstream.errors import TwinstreamError
-from twinstream.output import Output
 from twinstream.settings import Settings, child_env
 from twinstream.stack import stack_for, with_services
 

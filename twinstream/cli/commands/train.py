@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from twinstream.cli import add_command
+from twinstream.cli.main import add_command
 
 # Choice lists are repeated here (not imported) so `twinstream --help` never loads torch;
 # TrainConfig.check() validates them again.
