@@ -252,17 +252,20 @@ class SearchService:
 
     def search_like(self, image_id: str, k: int = 10, filter: str | None = None,
                     **options: Any) -> SearchResult:
-        """More like an item already indexed: its stored vector is the query, so the item
-        itself comes first (when the filter keeps it), which shows the index finds it."""
+        """More like an item already indexed: the ``k`` items nearest to it, itself left out
+        (the CLI did this; the API used to return the item itself first)."""
         k, filter = self.check_k(k), self.check_filter(filter)
         self.check_id(image_id)
         timings: dict[str, float] = {}
         index = self.live_index()
-        vector = index.vector(image_id)
-        if vector is None:
-            raise NotFoundError(f"no item {quote(image_id)} in index {index.info.name!r}")
-        return SearchResult(self._query(index, vector, k, filter, timings, **options), index,
-                            timings)
+        try:
+            hits = self._timed("index_query", timings, lambda: index.search_by_id(
+                image_id, k=k, filter=filter, **options))
+        except InputError as exc:
+            if filter is None:
+                raise
+            raise InputError(f"filter: {exc.message.splitlines()[0]}", field="filter") from exc
+        return SearchResult(hits, index, timings)
 
     def item(self, image_id: str, with_vector: bool = False
              ) -> tuple[VectorIndex, dict[str, Any], np.ndarray | None]:

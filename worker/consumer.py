@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from index.store import VectorIndex, connect
-from twinstream.errors import IndexMismatchError, ServiceUnavailable, TwinstreamError
+from twinstream.errors import IndexMismatchError, InternalError, ServiceUnavailable
 from twinstream.metrics import MetricsServer
 from twinstream.modelcard import ModelCard
 from twinstream.preprocess import set_pixel_limit
@@ -39,13 +39,12 @@ from worker.batch import Batch, Item
 from worker.decoder import Decoder
 from worker.dlq import DeadLetterSender
 from worker.embedder import Embedder
-from worker.health import Health
+from worker.health import HEALTHY_RUN_S, Health
 from worker.heartbeat import Heartbeat, heartbeat_key
 from worker.kafka_io import ensure_topics, make_consumer
 from worker.logs import event
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline
-from worker.pool import HEALTHY_RUN_S
 from worker.publish import Publisher
 from worker.reader import Reader
 from worker.writer import Writer
@@ -53,10 +52,8 @@ from worker.writer import Writer
 log = logging.getLogger("twinstream.worker")
 
 
-class PipelineFailed(TwinstreamError):
+class PipelineFailed(InternalError):
     """A pipeline step raised: a bug, reported as such; the batch is not committed."""
-
-    exit_code = 70
 
 
 @dataclass

@@ -12,6 +12,10 @@ from __future__ import annotations
 import threading
 import time
 
+# A process that has run this long is healthy again: the pool forgets its crashes, and a child
+# started after crashes in a row stops reporting the crash loop.
+HEALTHY_RUN_S = 60.0
+
 
 class Health:
     def __init__(self) -> None:

@@ -17,16 +17,25 @@ import signal
 import time
 from dataclasses import dataclass, replace
 
-from twinstream.errors import TwinstreamError
+from twinstream.errors import (
+    ConfigError,
+    IndexMismatchError,
+    InputError,
+    ModelError,
+    NotFoundError,
+    TwinstreamError,
+)
 from twinstream.settings import Settings
+from worker.health import HEALTHY_RUN_S
 from worker.logs import configure, event
 
 log = logging.getLogger("twinstream.worker")
 
-FATAL_EXIT_CODES = frozenset({2, 3, 4, 5})
+# A child that exits with a user-error code would fail the same way again: not restarted.
+FATAL_EXIT_CODES = frozenset(cls.exit_code for cls in (ConfigError, InputError, ModelError,
+                                                       IndexMismatchError, NotFoundError))
 RESTART_FIRST_S = 1.0
 RESTART_CAP_S = 30.0
-HEALTHY_RUN_S = 60.0
 KILL_GRACE_S = 10.0
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from twinstream.cli.main import add_command, add_group
-from twinstream.errors import InputError
+from twinstream.errors import InputError, ServiceUnavailable, TwinstreamError
 from twinstream.fields import check_attributes
 from twinstream.files import expand_paths
 
@@ -96,7 +96,7 @@ def ingest(args, settings, out) -> int:
                f"published {summary.published}, skipped {len(summary.skipped)} (same id twice), "
                f"failed {len(summary.failed)}"
                + (f"; {summary.by_reference} by reference (uri)" if summary.by_reference else ""))
-    return 1 if summary.failed else 0
+    return TwinstreamError.exit_code if summary.failed else 0  # published, with failures
 
 
 def delete(args, settings, out) -> None:
@@ -168,7 +168,7 @@ def status(args, settings, out) -> int:
 
     state = gather(settings)
     out.result(state, render(state))
-    return 69 if state["errors"] else 0
+    return ServiceUnavailable.exit_code if state["errors"] else 0
 
 
 def dlq_list(args, settings, out) -> None:
