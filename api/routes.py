@@ -157,7 +157,7 @@ def _validated(model, data: Any):
         detail = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
                   for e in exc.errors()]
         first = detail[0] if detail else {"field": "", "message": "invalid"}
-        raise ApiError(422, f"{first['field'] or 'body'}: {first['message']}", detail) from None
+        raise ApiError(422, f"{first['field'] or 'body'}: {first['message']}", detail) from exc
 
 
 def _search_response(request: Request, result: SearchResult, k: int, filt: str | None

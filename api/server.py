@@ -39,7 +39,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                          "(pick another --port or TWINSTREAM_API_PORT)") from None
+                          "(pick another --port or TWINSTREAM_API_PORT)") from exc
     sock.set_inheritable(True)
     return sock
 

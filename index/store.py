@@ -185,9 +185,9 @@ class VectorIndex:
                                      "it")
         try:
             return cls.open(client, name, version, ef=ef)
-        except NotFoundError:
+        except NotFoundError as exc:
             raise NotFoundError(f"index {name!r} points at version {version}, "
-                                "which has no metadata") from None
+                                "which has no metadata") from exc
 
     def check_model(self, card: ModelCard) -> None:
         if card.version != self.info.version:
@@ -221,8 +221,8 @@ class VectorIndex:
     def _check_vector(self, vector: np.ndarray) -> np.ndarray:
         try:
             v = np.asarray(vector, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError):
-            raise InputError("vector is not a list of numbers") from None
+        except (TypeError, ValueError) as exc:
+            raise InputError("vector is not a list of numbers") from exc
         if v.shape[0] != self.info.dim:
             raise IndexMismatchError(
                 f"vector has dimension {v.shape[0]}, index {self.info.name!r} has {self.info.dim}")
@@ -390,8 +390,8 @@ class VectorIndex:
         try:
             return self._search(options.with_k(min(k + 1, MAX_K)), queries, exclude=image_id,
                                 k=k)
-        except NotFoundError:
-            raise NotFoundError(f"no id {quote(image_id)} in index {self.info.name!r}") from None
+        except NotFoundError as exc:
+            raise NotFoundError(f"no id {quote(image_id)} in index {self.info.name!r}") from exc
 
     def _search(self, options: SearchOptions, queries: list[tuple], exclude: str | None = None,
                 k: int | None = None) -> list[Hit]:

@@ -159,8 +159,8 @@ def parse_attributes(raw: bytes | str | None, error: type[InputError] = InputErr
         raise error(f"attributes are {size:,} bytes, above {MAX_ATTRIBUTES_BYTES:,}")
     try:
         value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise error("attributes are not JSON: nested too deeply") from None
+    except RecursionError as exc:
+        raise error("attributes are not JSON: nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise error(f"attributes are not JSON: {printable(str(exc)[:100])}") from exc
     return check_attributes(value, error)

@@ -132,16 +132,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageDecodeError("empty image (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data), formats=_formats())
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as exc:
         # Never quote the bytes: by-reference records can point at files that are not images
         # (/etc/passwd), and this message travels to dead letters and logs.
         raise ImageDecodeError(
             f"not an image of a supported format ({len(data):,} bytes; supported: "
-            f"{', '.join(_formats())})") from None
+            f"{', '.join(_formats())})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for broken headers
-        raise ImageDecodeError(f"unreadable image header: {_short(exc)}") from None
+        raise ImageDecodeError(f"unreadable image header: {_short(exc)}") from exc
     pixels = img.width * img.height
     if pixels > max_pixels or pixels == 0:
         img.close()
@@ -155,7 +155,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         img.seek(0)  # animated GIF/WebP/APNG: the first frame represents the image
         img.load()
     except Exception as exc:  # MemoryError included: a hostile file must not end the worker
-        raise ImageDecodeError(f"truncated or corrupt {kind} data: {_short(exc)}") from None
+        raise ImageDecodeError(f"truncated or corrupt {kind} data: {_short(exc)}") from exc
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:
@@ -164,7 +164,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         return _to_rgb_or_l(img)
     except Exception as exc:
         raise ImageDecodeError(f"cannot convert {kind} mode {img.mode} to RGB: "
-                               f"{_short(exc)}") from None
+                               f"{_short(exc)}") from exc
 
 
 def _short(exc: BaseException) -> str:

@@ -71,7 +71,7 @@ class Encoder:
                 str(path), session_options(threads, inter_threads, spin),
                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
         self.path = path
         self.max_pixels = max_pixels
         self.input_name, self.output_name = _io_names(self.session, path)
@@ -136,7 +136,7 @@ class Encoder:
                 (out,) = self.session.run([self.output_name], {self.input_name: probe})
             except Exception as exc:
                 raise ModelError(f"{self.path} does not run on a {list(probe.shape)} input: "
-                                 f"{str(exc).splitlines()[0]}") from None
+                                 f"{str(exc).splitlines()[0]}") from exc
             dim = int(np.asarray(out).reshape(1, -1).shape[1])
         return ModelCard(embedding_dim=dim, preprocessing=spec,
                          architecture={"foreign": True, "file": self.path.name},

@@ -63,7 +63,7 @@ def foreign_preprocessing(args: Any) -> Preprocessing | None:
                              interpolation=args.interpolation or "bilinear",
                              invert=bool(args.invert))
     except ValueError as exc:
-        raise InputError(str(exc)) from None
+        raise InputError(str(exc)) from exc
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -80,8 +80,8 @@ def _size(text: str) -> tuple[int, int]:
 def _floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: give numbers separated by commas") from None
+    except ValueError as exc:
+        raise InputError(f"{flag} {text!r}: give numbers separated by commas") from exc
 
 
 def _per_channel(values: tuple[float, ...], channels: int, flag: str) -> tuple[float, ...]:
