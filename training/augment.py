@@ -14,26 +14,13 @@ data where rotation is part of the class's variation (the shapes).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from training.config import AugmentConfig
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    rotate_deg: float = 10.0  # uniform in +-rotate_deg
-    shear_deg: float = 10.0
-    scale: float = 0.1  # factor uniform in 1 +- scale
-    translate: float = 0.05  # fraction of the image side, uniform in +-translate
-    p: float = 0.8  # probability that an image is distorted at all
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def active(self) -> bool:
-        return self.p > 0 and any((self.rotate_deg, self.shear_deg, self.scale, self.translate))
+__all__ = ["AugmentConfig", "affine_matrices", "quarter_turn_classes", "random_affine"]
 
 
 def affine_matrices(n: int, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -140,10 +140,14 @@ def split_data(folder: ImageFolder, mode: str = "classes", val_fraction: float =
                     f"{len(chosen[part])} {part} class(es); need at least {minimum}: use more "
                     "classes, smaller fractions, or --split images")
     else:
+        # A class gives validation (and test) images only when it can spare two of them (a
+        # one-shot episode needs a reference and a query) and keep two for training.
         for label in np.unique(labels):
             idx = rng.permutation(np.flatnonzero(labels == label))
-            n_val = _count(len(idx), val_fraction) if len(idx) >= 3 else 0
-            n_test = _count(len(idx), test_fraction) if len(idx) >= 3 + n_val else 0
+            n_val = max(2, _count(len(idx), val_fraction)) \
+                if val_fraction > 0 and len(idx) >= 4 else 0
+            n_test = max(2, _count(len(idx), test_fraction)) \
+                if test_fraction > 0 and len(idx) - n_val >= 4 else 0
             parts["val"] += idx[:n_val].tolist()
             parts["test"] += idx[n_val:n_val + n_test].tolist()
             parts["train"] += idx[n_val + n_test:].tolist()
@@ -151,7 +155,7 @@ def split_data(folder: ImageFolder, mode: str = "classes", val_fraction: float =
         if val_fraction > 0 and n_val_classes < 2:
             raise InputError(
                 f"the image split leaves {n_val_classes} validation class(es); need at least 2 "
-                "classes with 3 or more images each")
+                "classes with 4 or more images each")
     return Split(mode, {p: sorted(idx) for p, idx in parts.items()})
 
 

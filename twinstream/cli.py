@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twinstream import __version__
-from twinstream.errors import TwinstreamError
+from twinstream.errors import InternalError, Interrupted, TwinstreamError
 from twinstream.output import Output
 from twinstream.settings import Settings, flag_specs, load_settings
 
@@ -96,16 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.error(exc.message, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        out.error("interrupted", 130)
-        return 130
+        out.error("interrupted", Interrupted.exit_code)
+        return Interrupted.exit_code
     except BrokenPipeError:  # `twinstream query ... | head`
         return 0
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if getattr(args, "debug", False):
             traceback.print_exc()
         out.error(f"internal error: {type(exc).__name__}: {exc} (run again with --debug "
-                  "for the traceback, and please report it)", 70)
-        return 70
+                  "for the traceback, and please report it)", InternalError.exit_code)
+        return InternalError.exit_code
 
 
 def run() -> None:

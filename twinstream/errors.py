@@ -63,3 +63,15 @@ class NotFoundError(TwinstreamError):
     """An id, index version or topic asked for does not exist."""
 
     exit_code = 5
+
+
+class Interrupted(TwinstreamError):
+    """The user stopped the command (Ctrl-C)."""
+
+    exit_code = 130  # 128 + SIGINT, as shells report it
+
+
+class InternalError(TwinstreamError):
+    """A bug: anything that is not a ``TwinstreamError`` (the CLI says so in one line)."""
+
+    exit_code = 70  # EX_SOFTWARE from sysexits.h
