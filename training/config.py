@@ -5,9 +5,11 @@ field's metadata: help, group, choices, flag), and ``twinstream --help`` must ne
 The choice lists live here; the torch modules that implement them (``training.models``,
 ``training.losses``, ``training.optim``) are checked against them by a unit test.
 
-A field declared ``auto`` defaults to ``None``: ``training.autoconfig`` chooses its value from
-a sample of the data (and says why) before training starts; the resolved values are what the
-checkpoint and the report store.
+A field declared ``auto`` is chosen from a sample of the data when it is ``None``
+(``training.autoconfig``, which says why) before training starts: ``TrainConfig.automatic``
+(what ``twinstream train`` builds) leaves every automatic field the user did not give at
+``None``; a ``TrainConfig`` built in code keeps the declared defaults, so scripts and tests
+behave as they always did. The resolved values are what the checkpoint and the report store.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ RESUME_KEYS = ("data", "arch", "embedding_dim", "base_channels", "image_size", "
 def option(default: Any, help: str, group: str, *, choices: tuple | None = None,
            flag: str | None = None, auto: bool = False, metavar: str | None = None,
            scale: float = 1.0, required: bool = False) -> Any:
-    """Declare one training option. ``auto``: ``None`` means "chosen from the data".
-    ``scale``: the flag's unit times ``scale`` is the field's (minutes -> seconds)."""
+    """Declare one training option. ``auto``: the command line leaves it to the data (``None``
+    until ``training.autoconfig`` chooses); ``default`` is what a ``TrainConfig`` built in code
+    gets. ``scale``: the flag's unit times ``scale`` is the field's (minutes -> seconds)."""
     meta = {"help": help, "group": group, "choices": choices, "flag": flag, "auto": auto,
-            "metavar": metavar, "scale": scale, "required": required, "fallback": default}
+            "metavar": metavar, "scale": scale, "required": required}
     if isinstance(default, type):  # a nested config: each instance gets its own
         return field(default_factory=default, metadata=meta)
-    return field(default=None if auto else default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class TrainConfig:
     data: str = option("", "image folder: one sub-folder per class", "run", required=True)
     out: str = option("", "run folder (best.pt, last.pt, report, plots)", "run", required=True)
     # model
-    arch: str = option("conv4", "encoder architecture", "model", choices=ARCHS, auto=True)
+    arch: str = option("small", "encoder architecture", "model", choices=ARCHS, auto=True)
     embedding_dim: int = option(64, "embedding size", "model")
     base_channels: int = option(0, "first layer's channels (0: the architecture's default)",
                                 "model")
@@ -108,7 +111,7 @@ class TrainConfig:
     cache_mb: float = option(1024.0, "decoded images kept in memory per part (beyond: "
                              "decoded again)", "data")
     # loss
-    loss: str = option("circle", "metric-learning loss", "loss", choices=LOSSES, auto=True)
+    loss: str = option("contrastive", "metric-learning loss", "loss", choices=LOSSES, auto=True)
     margin: float | None = option(None, "contrastive/triplet margin, circle m, cosface m",
                                   "loss")
     mining: str = option("semi-hard", "triplet mining", "loss", choices=MINING)
@@ -156,17 +159,26 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def automatic(cls, **given: Any) -> TrainConfig:
+        """A config whose automatic fields not in ``given`` are chosen from the data."""
+        auto = {f.name: None for f in fields(cls) if f.metadata.get("auto")}
+        return cls(**{**auto, **given})
+
     def unresolved(self) -> list[str]:
         """The automatic fields still waiting for ``training.autoconfig`` to choose them."""
         return [f.name for f in fields(self) if f.metadata.get("auto")
                 and getattr(self, f.name) is None]
 
     def with_fallbacks(self) -> TrainConfig:
-        """Automatic fields left unset take their declared fallback (data-blind) value."""
-        return replace(self, **{name: fallback(name) for name in self.unresolved()})
+        """Automatic fields left unset take their declared (data-blind) default."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return replace(self, **{name: defaults[name] for name in self.unresolved()})
 
     def check(self) -> None:
         """Refuse values that would fail later, or silently train nothing useful."""
+        if not self.data or not self.out:
+            raise InputError("--data and --out are required")
         if self.unresolved():
             raise InputError(f"unresolved automatic options: {', '.join(self.unresolved())}")
         for f in fields(self):
@@ -193,11 +205,6 @@ class TrainConfig:
         if self.val_fraction <= 0:
             raise InputError("--val-fraction must be above 0: validation picks the best "
                              "checkpoint and the model card's thresholds")
-
-
-def fallback(name: str) -> Any:
-    """The value an automatic field takes when nothing better is known (its declared default)."""
-    return next(f for f in fields(TrainConfig) if f.name == name).metadata["fallback"]
 
 
 def flag_of(f) -> str:

@@ -122,9 +122,10 @@ def open_set_episodes(embeddings: np.ndarray, labels: np.ndarray, gallery: int =
         genuine.append(top[:gallery])
         correct.append(best[:gallery] == np.arange(gallery))
         strangers.append(top[gallery:])
+    # float64: a cut just above a float32 score must not round back onto it
     return OpenSetEpisodes(gallery, shots, episodes, groups is not None,
-                           np.concatenate(genuine), np.concatenate(correct),
-                           np.concatenate(strangers))
+                           np.concatenate(genuine).astype(np.float64), np.concatenate(correct),
+                           np.concatenate(strangers).astype(np.float64))
 
 
 def open_set_report(result: OpenSetEpisodes, fpirs: tuple[float, ...] = REPORTED_FPIRS,

@@ -147,7 +147,7 @@ def plot_door(fpir: np.ndarray, fnir: np.ndarray, report: dict, path: Path) -> P
            ylabel="FNIR (enrolled missed or mistaken)",
            title=f"door: gallery {report['gallery']}, {report['shots']} reference(s), {where}")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
 
 

@@ -89,11 +89,13 @@ def reliability(probabilities: np.ndarray, same: np.ndarray, bins: int = 10) -> 
 def _tail_cut(impostor: np.ndarray, exceed: float) -> tuple[float, bool]:
     """The score that a share ``exceed`` of single comparisons reach; (cut, extrapolated)."""
     n = len(impostor)
-    if exceed * n >= MIN_TAIL:
+    if n == 0:
+        return 1.0, True
+    # Peaks over threshold: above the cut u reached by MIN_TAIL * 10 scores (at least 1%, at
+    # most half), excesses are taken as exponential with their observed mean.
+    p_u = min(0.5, max(MIN_TAIL * 10 / n, 0.01))
+    if exceed * n >= MIN_TAIL or exceed >= p_u:
         return float(np.quantile(impostor, 1 - exceed)), False
-    # Peaks over threshold: above the cut u reached by MIN_TAIL * 10 scores (or 1%), excesses
-    # are taken as exponential with their observed mean.
-    p_u = max(MIN_TAIL * 10 / n, 0.01)
     u = float(np.quantile(impostor, 1 - p_u))
     excess = impostor[impostor > u] - u
     mean_excess = float(excess.mean()) if len(excess) else 0.0

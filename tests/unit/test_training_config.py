@@ -70,8 +70,9 @@ def test_flags_not_given_stay_automatic_and_given_ones_win():
 
 def test_check_refuses_unresolved_and_bad_values():
     with pytest.raises(errors.InputError, match="unresolved automatic options"):
-        TrainConfig(data="D", out="O").check()
-    ready = TrainConfig(data="D", out="O").with_fallbacks()
+        TrainConfig.automatic(data="D", out="O").check()
+    ready = TrainConfig.automatic(data="D", out="O").with_fallbacks()
+    assert ready == TrainConfig(data="D", out="O")  # code keeps the declared defaults
     ready.check()
     with pytest.raises(errors.InputError, match="--loss must be one of"):
         dataclasses.replace(ready, loss="arcface").check()

@@ -25,7 +25,7 @@ def _shown(f: dataclasses.Field) -> str:
     meta = f.metadata
     if meta.get("auto"):
         return "auto"
-    default = meta["fallback"]
+    default = f.default if f.default is not dataclasses.MISSING else None
     if default is None:
         return "the loss's own"
     if meta.get("scale", 1.0) != 1.0:
@@ -82,15 +82,15 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig the flags ask for; fields not given keep their declared default (None
-    for the automatic ones, which training chooses from the data)."""
+    """The TrainConfig the flags ask for: fields not given keep their declared default, the
+    automatic ones are left for training to choose from the data."""
     augment = _given(args, AugmentConfig)
     if args.no_augment:
         augment["p"] = 0.0
     values = _given(args, TrainConfig)
     if augment:
         values["augment"] = AugmentConfig(**augment)
-    return TrainConfig(**values)
+    return TrainConfig.automatic(**values)
 
 
 def register(subparsers) -> None:
