@@ -22,7 +22,7 @@ from twinstream.errors import InputError
 from twinstream.preprocess import Preprocessing
 
 ARCHS = ("tiny", "small", "conv4", "koch", "resnet", "mlp")
-LOSSES = ("contrastive", "triplet", "circle", "pair-bce", "cosface")
+LOSSES = ("contrastive", "triplet", "circle", "pair-bce")
 MINING = ("batch-all", "batch-hard", "semi-hard", "random")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -112,11 +112,9 @@ class TrainConfig:
                              "decoded again)", "data")
     # loss
     loss: str = option("contrastive", "metric-learning loss", "loss", choices=LOSSES, auto=True)
-    margin: float | None = option(None, "contrastive/triplet margin, circle m, cosface m",
-                                  "loss")
+    margin: float | None = option(None, "contrastive/triplet margin, circle m", "loss")
     mining: str = option("semi-hard", "triplet mining", "loss", choices=MINING)
     circle_gamma: float = option(80.0, "circle loss scale", "loss")
-    cosface_scale: float = option(24.0, "cosface logit scale s", "loss")
     # optimisation
     optimizer: str = option("adamw", "optimizer", "optimisation", choices=OPTIMIZERS)
     lr: float = option(3e-3, "peak learning rate", "optimisation")

@@ -117,8 +117,7 @@ class Trainer:
         self._prepare_data(folder)
         self.encoder = build_encoder(cfg.encoder())
         loss = build_loss(cfg.loss, cfg.embedding_dim, cfg.margin, cfg.mining, cfg.circle_gamma,
-                          seed=cfg.seed, num_classes=len(self.classes) * self.turns,
-                          scale=cfg.cosface_scale)
+                          seed=cfg.seed)
         self.objective = Objective(self.encoder, loss)
         self.optimizer = build_optimizer(cfg.optimizer, self.objective.parameters(), cfg.lr,
                                          cfg.weight_decay, cfg.momentum)
