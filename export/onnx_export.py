@@ -32,6 +32,7 @@ from export.parity import (
 )
 from training.checkpoint import load_checkpoint
 from training.data import ImageSource, read_split, scan_image_folder
+from training.openset import parents_of
 from training.trust import measure_trust
 from twinstream.errors import InputError, ModelError
 from twinstream.modelcard import ModelCard
@@ -106,4 +107,5 @@ def measure_validation(model: torch.nn.Module, meta: dict, log: Callable[[str], 
         return {}
     log(f"measuring calibration and recognition cuts on {len(folder.classes)} validation "
         "classes (the checkpoint predates them)")
-    return measure_trust(np.concatenate(vectors), np.concatenate(labels))
+    return measure_trust(np.concatenate(vectors), np.concatenate(labels),
+                         parents=parents_of(folder.classes))

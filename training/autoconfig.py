@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from training.config import TrainConfig
-from training.data import ImageFolder
+from training.data import ImageFolder, parent_of
 
 SAMPLE_IMAGES = 200
 CPU_MAX_SIDE = {1: 28, 3: 64}  # input side bound per channel count: what a CPU trains in time
@@ -28,6 +28,7 @@ MANY_CLASSES = 50  # quarter turns only pay off with enough classes to learn fro
 BATCH_IMAGES = 128
 VAL_CLASSES = 20  # a 20-way validation needs 20 classes
 TEST_MIN_CLASSES = 200  # below this a test part costs training classes the model needs
+MIN_PARENTS = 4  # one parent validates, the rest (at least three) train
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class DataProfile:
     median_side: int  # median of the shorter side
     classes: int
     images: int
+    parents: int  # distinct parent folders of the classes ("Alphabet" of "Alphabet/char01")
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -78,12 +80,14 @@ def profile(folder: ImageFolder, sample: int = SAMPLE_IMAGES, seed: int = 0) -> 
     count = min(sample, len(folder.samples))
     picks = rng.choice(len(folder.samples), size=count, replace=False)
     looks = [look for i in picks if (look := _look(folder.samples[int(i)].path))]
+    parents = len({parent_of(name) for name in folder.classes})
     if not looks:
-        return DataProfile(0, 0.0, 0.0, 1.0, 64, len(folder.classes), len(folder.samples))
+        return DataProfile(0, 0.0, 0.0, 1.0, 64, len(folder.classes), len(folder.samples),
+                           parents)
     grey, background, ink, side = (np.array(v) for v in zip(*looks, strict=True))
     return DataProfile(len(looks), float(grey.mean()), float(np.mean(background > 0.5)),
                        float(np.median(ink)), int(np.median(side)), len(folder.classes),
-                       len(folder.samples))
+                       len(folder.samples), parents)
 
 
 def resolve(cfg: TrainConfig, folder: ImageFolder, load: float | None = None,
@@ -127,12 +131,21 @@ def resolve(cfg: TrainConfig, folder: ImageFolder, load: float | None = None,
            f"line drawings ({data.ink:.0%} ink) in {data.classes} classes: a turned character "
            "is a new class, four times the classes to learn from" if quarter else
            "only for line drawings with many classes (turning a digit 6 makes a 9)")
+    choose("mirror", quarter, "as for quarter turns: a mirrored character is another one"
+           if quarter else "only for line drawings with many classes")
+    nested = data.parents >= MIN_PARENTS
+    choose("split", "parents" if nested else "classes",
+           f"classes sit in {data.parents} parent folders: validation holds out whole parents, "
+           "so the checkpoint is chosen, and the card's cuts measured, on a parent never "
+           "trained on (as a new alphabet at a door)" if nested else
+           "validation and test classes are never trained on")
+    choose("parent_batches", 0.0, "batches mix classes of every parent")
     val = float(min(0.2, max(0.1, VAL_CLASSES / data.classes)))
     if cfg.split == "images":
         val = 0.2
     choose("val_fraction", round(val, 3), f"{round(val * data.classes)} of {data.classes} "
            "classes validate (20-way episodes, the card's thresholds)"
-           if cfg.split == "classes" else "a fifth of each class's images")
+           if cfg.split != "images" else "a fifth of each class's images")
     enough = data.classes >= TEST_MIN_CLASSES or cfg.split == "images"
     choose("test_fraction", 0.2 if enough else 0.0,
            "a fifth held out for the final test" if enough else

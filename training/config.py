@@ -31,7 +31,7 @@ DUPLICATE_POLICIES = ("merge", "drop", "error")
 # Fields that must be equal to resume a run: they decide the model, its data or its split.
 RESUME_KEYS = ("data", "arch", "embedding_dim", "base_channels", "image_size", "channels",
                "invert", "split", "val_fraction", "test_fraction", "loss", "seed", "optimizer",
-               "duplicates", "quarter_turns")
+               "duplicates", "quarter_turns", "mirror")
 
 
 def option(default: Any, help: str, group: str, *, choices: tuple | None = None,
@@ -98,9 +98,10 @@ class TrainConfig:
                           "bright on dark)", "model", auto=True)
     # data: "classes" = class-disjoint train/val/test (evaluation on unseen classes);
     # "images" = every class in every part (for sets with very few classes, like the shapes)
-    split: str = option("classes", "classes: train/val/test share no class; images: every "
-                        "class in every part (data sets with very few classes)", "data",
-                        choices=SPLIT_MODES)
+    split: str = option("classes", "classes: train/val/test share no class; parents: nor any "
+                        "parent folder (validation on alphabets never trained on); images: "
+                        "every class in every part (data sets with very few classes)", "data",
+                        choices=SPLIT_MODES, auto=True)
     val_fraction: float = option(0.2, "share of the classes (images with --split images) "
                                  "for validation", "data", auto=True)
     test_fraction: float = option(0.2, "share held out for the final test", "data", auto=True)
@@ -128,12 +129,17 @@ class TrainConfig:
                          "given)", "optimisation", auto=True)
     steps_per_epoch: int = option(0, "batches per epoch (0: one pass over the training "
                                   "images)", "optimisation", auto=True)
+    parent_batches: float = option(0.0, "share of batches whose classes all come from one "
+                                   "parent folder (similar classes: hard negatives)",
+                                   "optimisation", auto=True)
     classes_per_batch: int = option(8, "P of a P x K batch", "optimisation", auto=True)
     images_per_class: int = option(8, "K of a P x K batch", "optimisation", auto=True)
     augment: AugmentConfig = option(  # noqa: RUF009 (option() returns a default_factory field)
         AugmentConfig, "random affine distortions", "augmentation")
     quarter_turns: bool = option(False, "count 90/180/270-degree turns as new classes "
                                  "(handwriting)", "augmentation", auto=True)
+    mirror: bool = option(False, "count left-right mirror images as new classes "
+                          "(handwriting)", "augmentation", auto=True)
     # validation and the final test
     ways: int = option(20, "N of the validation/test N-way one-shot episodes (capped by the "
                        "classes available)", "run")
@@ -198,6 +204,8 @@ class TrainConfig:
                                  f"got {value}")
         if self.lr <= 0 or self.time_budget_s < 0 or self.weight_decay < 0:
             raise InputError("--lr must be positive; --time-budget and --weight-decay >= 0")
+        if not 0 <= self.parent_batches <= 1:
+            raise InputError(f"--parent-batches must be in [0, 1], got {self.parent_batches}")
         if not 0 <= self.warmup < 1:
             raise InputError(f"--warmup must be in [0, 1), got {self.warmup}")
         if self.val_fraction <= 0:

@@ -209,7 +209,7 @@ def select_part(folder: ImageFolder, handle: ModelHandle, split: str, split_file
                 "images"):
             return folder, "all"
         split = "test"
-        unseen = "classes never seen in training" if info.get("mode") == "classes" else \
+        unseen = "classes never seen in training" if info.get("mode") != "images" else \
             "images held out from training"
         log(f"evaluating the test part of {candidate} ({unseen})")
     elif not candidate.is_file():

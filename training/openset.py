@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.data import parent_of
 from twinstream.calibration import prototype
 from twinstream.errors import InputError
 
@@ -66,8 +67,7 @@ def threshold_at_fpir(stranger_scores: np.ndarray, fpir: float) -> float:
 
 def parents_of(class_names: list[str]) -> np.ndarray:
     """The parent folder of each class name ("Alphabet/character01" -> "Alphabet"), as ids."""
-    parents = [name.rsplit("/", 1)[0] if "/" in name else "" for name in class_names]
-    _, ids = np.unique(parents, return_inverse=True)
+    _, ids = np.unique([parent_of(name) for name in class_names], return_inverse=True)
     return ids
 
 

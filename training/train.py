@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from training import autoconfig
-from training.augment import quarter_turn_classes, random_affine
+from training.augment import random_affine, variant_classes
 from training.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from training.config import RESUME_KEYS, TrainConfig
 from training.data import ImageFolder, ImageSource, scan_image_folder, split_data
@@ -30,6 +30,7 @@ from training.evaluate import calibration_report, evaluate_embeddings, write_plo
 from training.losses import build_loss
 from training.metrics import n_way_k_shot, pair_scores, verification
 from training.models import build_encoder
+from training.openset import parents_of
 from training.optim import build_optimizer, lr_factor, set_lr
 from training.plots import plot_reliability
 from training.sampling import PKSampler
@@ -179,11 +180,16 @@ class Trainer:
             self.log(f"data: {self.data_summary['train_classes']} training classes "
                      f"({len(self.train.labels)} images), {self.val.classes} validation, "
                      f"{self.test.classes} test ({cfg.split} split)")
-        turns = 4 if cfg.quarter_turns else 1
+        self.quarter = 4 if cfg.quarter_turns else 1
+        turns = self.quarter * (2 if cfg.mirror else 1)  # variants of each class
         n = len(self.train.labels)
-        # Quarter turns: virtual image v is image v % n turned v // n times, of class 4y + turn.
+        # Class variants: virtual image v is image v % n in variant v // n (turned and/or
+        # mirrored, augment.variant_classes), of class turns * y + variant.
         virtual = np.concatenate([self.train.labels * turns + t for t in range(turns)])
-        self.sampler = PKSampler(virtual, cfg.classes_per_batch, cfg.images_per_class)
+        self.parents = parents_of(self.classes)  # parent folder id of each class label
+        groups = {int(v): int(self.parents[v // turns]) for v in np.unique(virtual)}
+        self.sampler = PKSampler(virtual, cfg.classes_per_batch, cfg.images_per_class,
+                                 groups, cfg.parent_batches)
         self.turns, self.n_train = turns, n
 
     def skipped(self) -> int:
@@ -206,7 +212,8 @@ class Trainer:
         x = torch.from_numpy(arrays)
         labels = torch.from_numpy(self.train.labels[base[kept]])
         if self.turns > 1:
-            x, labels = quarter_turn_classes(x, labels, torch.from_numpy(turn[kept]))
+            x, labels = variant_classes(x, labels, torch.from_numpy(turn[kept]), self.quarter,
+                                        self.cfg.mirror)
         return x, labels
 
     # -- resume and checkpoints -----------------------------------------------------------
@@ -337,7 +344,8 @@ class Trainer:
         if improved:
             # What the model card promises (calibration, recognition cuts), measured on the
             # validation classes of the model that is kept; export copies it into the card.
-            val.update(measure_trust(*self.val_embeddings, seed=self.cfg.seed))
+            val.update(measure_trust(*self.val_embeddings, seed=self.cfg.seed,
+                                     parents=self.parents))
             self.best = {**row, "validation": val}
         self._save(improved, val)
         self.log(f"epoch {self.epoch}/{self.cfg.epochs}  loss {loss:.4f}  "
@@ -371,7 +379,7 @@ class Trainer:
                 plots["reliability"] = str(plot_reliability(calibration,
                                                             self.run_dir / "reliability.png"))
             one = evaluation.report["n_way"]
-            unseen = "classes never seen in training" if self.cfg.split == "classes" else \
+            unseen = "classes never seen in training" if self.cfg.split != "images" else \
                 "held-out images"
             self.log(f"test ({self.test.classes} classes, {unseen}): {one['ways']}-way one-shot "
                      f"{one['accuracy']:.3f}, ROC AUC "

@@ -9,8 +9,9 @@ results into the card, where ``twinstream.calibration`` reads them at serving ti
 - ``recognition_curve``: for galleries of 1, 10, 100 and 1,000 identities (one reference each)
   and target FPIRs, the cut on a stranger's best score. Galleries up to the number of validation
   classes minus one are simulated directly (random galleries, strangers = every image of the
-  classes left out). Larger ones use the single-comparison stranger scores and the rule that a
-  stranger passes a gallery of N when any of N comparisons passes:
+  classes left out; inside one parent folder when one has enough classes, so the strangers look
+  like the enrolled, as at a door). Larger ones use the single-comparison stranger scores and
+  the rule that a stranger passes a gallery of N when any of N comparisons passes:
   ``FPIR_N(t) = 1 - (1 - FAR(t)) ** N``. Treating the N comparisons as independent
   overestimates FPIR when they are positively correlated (a stranger close to one identity
   tends to be close to others), so those cuts err on the side of rejecting. Where the needed
@@ -102,23 +103,35 @@ def _tail_cut(impostor: np.ndarray, exceed: float) -> tuple[float, bool]:
     return min(1.0, u + mean_excess * math.log(p_u / exceed)), True
 
 
-def _simulated_best_scores(sim: np.ndarray, labels: np.ndarray, size: int, rng
-                           ) -> np.ndarray:
-    """Best score of every stranger image against random galleries of ``size`` classes."""
+def _simulated_best_scores(sim: np.ndarray, labels: np.ndarray, size: int, rng,
+                           parents: np.ndarray | None) -> tuple[np.ndarray, bool] | None:
+    """Best score of every stranger image against random galleries of ``size`` classes; None
+    when there are too few classes. With ``parents`` (a parent id per class label), galleries
+    and their strangers come from one parent whenever one has more than ``size`` classes:
+    strangers that look like the enrolled (a door meets those), so the cut errs high."""
     classes = np.unique(labels)
+    within = []
+    if parents is not None:
+        within = [classes[parents[classes] == g] for g in np.unique(parents[classes])]
+        within = [pool for pool in within if len(pool) > size]
+    pools = within or [classes]
+    if len(pools[0]) <= size:
+        return None
     by_class = {int(c): np.flatnonzero(labels == c) for c in classes}
     best = []
     for _ in range(SIMULATED_EPISODES):
-        enrolled = rng.choice(classes, size=size, replace=False)
+        pool = pools[rng.integers(len(pools))]
+        enrolled = rng.choice(pool, size=size, replace=False)
         refs = [int(rng.choice(by_class[int(c)])) for c in enrolled]
-        strangers = np.flatnonzero(~np.isin(labels, enrolled))
+        strangers = np.flatnonzero(np.isin(labels, pool) & ~np.isin(labels, enrolled))
         best.append(sim[np.ix_(strangers, refs)].max(axis=1))
-    return np.concatenate(best)
+    return np.concatenate(best), bool(within)
 
 
 def recognition_curve(embeddings: np.ndarray, labels: np.ndarray,
                       gallery_sizes: tuple[int, ...] = GALLERY_SIZES,
-                      target_fpirs: tuple[float, ...] = TARGET_FPIRS, seed: int = 0) -> dict:
+                      target_fpirs: tuple[float, ...] = TARGET_FPIRS, seed: int = 0,
+                      parents: np.ndarray | None = None) -> dict:
     """The card's ``recognition`` field (see the module docstring for the method)."""
     rng = np.random.default_rng(seed)
     if len(labels) > MAX_IMAGES:
@@ -129,12 +142,13 @@ def recognition_curve(embeddings: np.ndarray, labels: np.ndarray,
     i, j = np.triu_indices(len(labels), k=1)
     impostor = np.sort(sim[i, j][labels[i] != labels[j]])
     table, how = [], []
-    simulated = {size: _simulated_best_scores(sim, labels, size, rng)
+    simulated = {size: _simulated_best_scores(sim, labels, size, rng, parents)
                  for size in gallery_sizes if 1 < size < classes}
+    within = sorted(size for size, got in simulated.items() if got and got[1])
     for fpir in target_fpirs:
         row, row_how = [], []
         for size in gallery_sizes:
-            best = simulated.get(size)
+            best = simulated[size][0] if simulated.get(size) else None
             if size == 1:
                 cut, extrapolated = _tail_cut(impostor, fpir)
                 row_how.append("extrapolated" if extrapolated else "measured")
@@ -149,16 +163,19 @@ def recognition_curve(embeddings: np.ndarray, labels: np.ndarray,
         how.append(row_how)
     return {"gallery_sizes": list(gallery_sizes), "target_fpirs": list(target_fpirs),
             "thresholds": table, "method": how, "references": 1,
-            "default_target_fpir": DEFAULT_TARGET_FPIR,
+            "default_target_fpir": DEFAULT_TARGET_FPIR, "within_parent_sizes": within,
             "measured_on": f"{classes} validation classes, {len(labels)} images",
             "classes": classes, "images": len(labels), "impostor_pairs": len(impostor)}
 
 
-def measure_trust(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
-    """``calibration`` and ``recognition`` for the model card, from validation embeddings."""
+def measure_trust(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0,
+                  parents: np.ndarray | None = None) -> dict:
+    """``calibration`` and ``recognition`` for the model card, from validation embeddings
+    (``parents``: a parent folder id per class label, see ``recognition_curve``)."""
     scores, same = pair_scores(embeddings, labels, seed=seed)
     calibration = fit_calibration(scores, same)
-    trust: dict = {"recognition": recognition_curve(embeddings, labels, seed=seed)}
+    trust: dict = {"recognition": recognition_curve(embeddings, labels, seed=seed,
+                                                    parents=parents)}
     if calibration is not None:
         b_scores, b_same = balanced_pairs(scores, same, seed)
         fitted = reliability(calibration.probability(b_scores), b_same)
