@@ -58,6 +58,20 @@ def test_defaults_are_chosen_from_the_data_printed_and_recorded(glyphs, tmp_path
     assert report["data_profile"]["greyscale"] == 1.0
 
 
+def test_nested_classes_validate_on_a_whole_parent_never_trained_on(tmp_path, capsys):
+    write_glyphs(tmp_path / "scripts", parents=4, classes_per_parent=6, per_class=5, size=16)
+    code, _, err = train_cli(capsys, "--data", tmp_path / "scripts", "--out", tmp_path / "run",
+                             "--epochs", "1", "--steps-per-epoch", "2", *FAST)
+    assert code == 0, err
+    assert "auto: split parents: classes sit in 4 parent folders" in err
+    split = json.loads((tmp_path / "run/split.json").read_text())
+    val_parents = {name.split("/")[0] for name in split["val"]["classes"]}
+    train_parents = {name.split("/")[0] for name in split["train"]["classes"]}
+    assert len(val_parents) == 1 and not val_parents & train_parents
+    curve = checkpoint(tmp_path / "run")["metrics"]["recognition"]
+    assert curve["classes"] == 6  # the held-out parent's classes
+
+
 def test_a_flag_given_beats_the_automatic_choice(glyphs, tmp_path, capsys):
     code, _, err = train_cli(capsys, "--data", glyphs, "--out", tmp_path / "run", "--epochs",
                              "1", "--steps-per-epoch", "2", "--channels", "3", "--no-invert",
