@@ -22,6 +22,9 @@ Rows, each a real command line run as a user would (subprocesses: train, export,
 
     nice -n 5 .venv/bin/python bench/omniglot.py              # all rows, about 50 minutes
     .venv/bin/python bench/omniglot.py --budget 0.5 --rows b   # a quick look
+    # what chose the defaults: variants of the recommended command at a fixed 1,500 steps
+    # (steps, not minutes, so a busy machine changes the time, not the comparison)
+    .venv/bin/python bench/omniglot.py --rows --compare "--image-size 32" "--mirror"
 
 The zips are extracted to ``--cache`` (outside the repository); nothing is downloaded. Writes
 bench/results/omniglot.json (rows, machine load at the start and end of each run) and prints a
@@ -176,9 +179,15 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/twinstream/omniglot")
     parser.add_argument("--runs", type=Path, default=Path.home() / ".cache/twinstream/bench-runs")
     parser.add_argument("--budget", type=float, default=15.0, help="training minutes per row")
-    parser.add_argument("--rows", nargs="+", default=["a", "b", "c"], choices=("a", "b", "c"))
+    parser.add_argument("--rows", nargs="*", default=["a", "b", "c"], choices=("a", "b", "c"))
+    parser.add_argument("--compare", nargs="*", default=[], metavar="FLAGS",
+                        help="variants: extra flags for the recommended command, each trained "
+                             "for --compare-steps steps (the first run is the plain command)")
+    parser.add_argument("--compare-steps", type=int, default=1500)
     parser.add_argument("--result", type=Path, default=ROOT / "bench/results/omniglot.json")
     args = parser.parse_args()
+    if args.compare and not args.rows and args.result.name == "omniglot.json":
+        args.result = args.result.with_name("omniglot-compare.json")  # keep the headline file
     if not args.zips.is_dir():
         args.zips = Path("/work/shared/datasets/omniglot")
     data = extract(args.zips, args.cache)
@@ -197,6 +206,15 @@ def main() -> None:
             row.update(measure(row, data["test"]))
             print(markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)
         rows.append(row)
+    if args.compare:
+        steps = ["--epochs", str(args.compare_steps // 100), "--steps-per-epoch", "100"]
+        for k, extra in enumerate(["", *args.compare]):
+            row = train_and_export(f"compare-{k}", f"{RECOMMENDED} {extra} {shlex.join(steps)}",
+                                   data["small1"], 0, args.runs)
+            row.update(measure(row, data["test"]))
+            row["row"] = f"+ {extra}" if extra else "recommended"
+            rows.append(row)
+            print(markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)
     table = markdown([r for r in rows if r["row"] != "c"])
     print(table)
     args.result.parent.mkdir(parents=True, exist_ok=True)
