@@ -282,7 +282,9 @@ class Trainer:
         losses, images, t0, out_of_time = [], 0, time.monotonic(), False
         for _ in bar:
             elapsed = self.dist.from_main(self.elapsed())
-            if cfg.time_budget_s and elapsed + self.validation_s >= cfg.time_budget_s:
+            # at least one step, so even a budget spent on preparation leaves a checkpoint
+            if cfg.time_budget_s and self.step and \
+                    elapsed + self.validation_s >= cfg.time_budget_s:
                 out_of_time = True
                 break
             set_lr(self.optimizer, cfg.lr * lr_factor(self._progress(elapsed), cfg.schedule,
@@ -318,7 +320,8 @@ class Trainer:
         """Train until the last epoch or the time budget; returns which one stopped it."""
         cfg = self.cfg
         stopped_by = "epochs"
-        if cfg.time_budget_s and self.dist.from_main(self.elapsed()) >= cfg.time_budget_s:
+        if cfg.time_budget_s and self.best is not None and \
+                self.dist.from_main(self.elapsed()) >= cfg.time_budget_s:
             return "time budget"  # a resumed run whose budget is already spent
         while self.epoch < cfg.epochs:
             self.epoch += 1
