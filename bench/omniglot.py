@@ -58,9 +58,9 @@ TEST_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 SETS = ("images_background_small1", "images_background_small2")
 WAYS, EPISODES, GALLERY, TARGET_FPIR = 20, 400, 10, 0.05
 # The README's recommended command for handwriting on a 2-core CPU (row a).
-RECOMMENDED = ("--arch conv4 --channels 1 --invert --image-size 28 --loss circle "
-               "--quarter-turns --classes-per-batch 32 --images-per-class 4 "
-               "--val-fraction 0.15 --test-fraction 0 --steps-per-epoch 100 --threads 1")
+RECOMMENDED = ("--arch conv4 --channels 1 --invert --image-size 32 --loss circle "
+               "--quarter-turns --mirror --split parents --val-fraction 0.15 --test-fraction 0 "
+               "--classes-per-batch 32 --images-per-class 4 --steps-per-epoch 100 --threads 1")
 
 
 def extract(zips: Path, cache: Path) -> dict[str, Path]:

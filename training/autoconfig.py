@@ -21,7 +21,7 @@ from training.config import TrainConfig
 from training.data import ImageFolder, parent_of
 
 SAMPLE_IMAGES = 200
-CPU_MAX_SIDE = {1: 28, 3: 64}  # input side bound per channel count: what a CPU trains in time
+CPU_MAX_SIDE = {1: 32, 3: 64}  # input side bound per channel count: what a CPU trains in time
 MIN_SIDE = 16  # conv4's four poolings need 16 pixels
 LINE_DRAWING_INK = 0.35  # at most this share of pixels differs from the background
 MANY_CLASSES = 50  # quarter turns only pay off with enough classes to learn from
@@ -131,15 +131,15 @@ def resolve(cfg: TrainConfig, folder: ImageFolder, load: float | None = None,
            f"line drawings ({data.ink:.0%} ink) in {data.classes} classes: a turned character "
            "is a new class, four times the classes to learn from" if quarter else
            "only for line drawings with many classes (turning a digit 6 makes a 9)")
-    choose("mirror", quarter, "as for quarter turns: a mirrored character is another one"
-           if quarter else "only for line drawings with many classes")
+    choose("mirror", quarter, "as for quarter turns: a mirrored character is another one, "
+           "eight classes per character" if quarter else
+           "only for line drawings with many classes")
     nested = data.parents >= MIN_PARENTS
     choose("split", "parents" if nested else "classes",
            f"classes sit in {data.parents} parent folders: validation holds out whole parents, "
            "so the checkpoint is chosen, and the card's cuts measured, on a parent never "
            "trained on (as a new alphabet at a door)" if nested else
            "validation and test classes are never trained on")
-    choose("parent_batches", 0.0, "batches mix classes of every parent")
     val = float(min(0.2, max(0.1, VAL_CLASSES / data.classes)))
     if cfg.split == "images":
         val = 0.2

@@ -131,7 +131,7 @@ class TrainConfig:
                                   "images)", "optimisation", auto=True)
     parent_batches: float = option(0.0, "share of batches whose classes all come from one "
                                    "parent folder (similar classes: hard negatives)",
-                                   "optimisation", auto=True)
+                                   "optimisation")
     classes_per_batch: int = option(8, "P of a P x K batch", "optimisation", auto=True)
     images_per_class: int = option(8, "K of a P x K batch", "optimisation", auto=True)
     augment: AugmentConfig = option(  # noqa: RUF009 (option() returns a default_factory field)

@@ -144,7 +144,7 @@ def describe(path: str, card) -> str:
         ("probability", _calibration(card)),
         ("architecture", ", ".join(f"{k}={v}" for k, v in card.architecture.items())),
         ("loss", card.loss or "-"),
-        ("training data", ", ".join(f"{k}={v}" for k, v in card.training_data.items()) or "-"),
+        ("training data", _training_data(card.training_data)),
         ("created", card.created_at or "-"),
     ]
     one_shot = card.metrics.get("one_shot") or {}
@@ -177,6 +177,16 @@ def _thresholds(card) -> str:
     head = f"{card.threshold:.4f} (cosine, at the validation EER)" \
         if card.threshold is not None else "-"
     return f"{head}; {named}" if named else head
+
+
+def _training_data(data: dict) -> str:
+    duplicates = data.get("duplicates") or {}
+    rows = [f"{k}={v}" for k, v in data.items() if k != "duplicates"]
+    if duplicates:
+        rows.append(f"duplicates ({duplicates.get('policy')}): "
+                    f"{duplicates.get('copied_classes', 0)} copied class(es), "
+                    f"{duplicates.get('shared_images', 0)} shared image(s)")
+    return ", ".join(rows) or "-"
 
 
 def _recognition(card) -> str:
