@@ -105,13 +105,13 @@ def train_and_export(name: str, flags: str, data: Path, budget: float, runs: Pat
     log = run / "commands.log"
     argv = ["train", "--data", str(data), "--out", str(run), *shlex.split(flags),
             "--time-budget", f"{budget:g}"]
-    print(f"[{name}] twinstream {shlex.join(argv[1:])}", file=sys.stderr, flush=True)
+    print(f"[{name}] twinstream {shlex.join(argv)}", file=sys.stderr, flush=True)
     load_start, started = os.getloadavg(), time.monotonic()
     result = twinstream(*argv, log=log)
     load_end = os.getloadavg()
     exported = twinstream("export", str(run), "--out", str(run / "model.onnx"), log=log)
     auto = json.loads((run / "report.json").read_text()).get("auto_choices", {})
-    return {"row": name, "command": "twinstream " + shlex.join(argv[1:]),
+    return {"row": name, "command": "twinstream " + shlex.join(argv),
             "auto_choices": {k: v["value"] for k, v in auto.items()},
             "train_seconds": result["seconds"], "wall_seconds": round(time.monotonic() - started),
             "epochs": result["epochs_run"], "best_epoch": result["best"].get("epoch"),
