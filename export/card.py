@@ -10,6 +10,7 @@ from typing import Any
 
 import onnx
 
+from training.trust import card_fields
 from twinstream.modelcard import ModelCard, content_version
 
 
@@ -20,20 +21,18 @@ def now() -> str:
 def card_from_checkpoint(meta: dict, provenance: dict[str, Any]) -> ModelCard:
     """Everything the checkpoint knows that a worker or a person needs, in card form.
 
-    Thresholds come from the validation ROC stored with the checkpoint: the recommended one is at
-    the equal-error rate, the others at target false-accept rates (e.g. ``far@0.01``).
+    Thresholds come from the validation metrics stored with the checkpoint: the recommended pair
+    threshold is at the equal-error rate, the others at target false-accept rates (e.g.
+    ``far@0.01``); the calibration and the recognition cuts by gallery size were measured on the
+    same validation classes (``training.trust``).
     """
     metrics = meta.get("metrics") or {}
-    verification = metrics.get("verification") or {}
-    thresholds = {k.removeprefix("threshold_"): float(v) for k, v in verification.items()
-                  if k.startswith("threshold_")}
     checkpoint = {"file": Path(meta.get("path", "")).name, "epoch": meta.get("epoch"),
                   "format_version": meta.get("format_version")}
     return ModelCard(
         embedding_dim=meta["encoder"].embedding_dim,
         preprocessing=meta["preprocessing"],
-        threshold=thresholds.get("eer"),
-        thresholds=thresholds,
+        **card_fields(metrics),
         loss=str(meta.get("loss", "")),
         architecture=meta["encoder"].to_dict(),
         training_data=dict(meta.get("data") or {}),

@@ -79,3 +79,32 @@ def hostile() -> dict[str, bytes]:
         "text_file": b"hello, I am not an image\n" * 20,
         "decompression_bomb": decompression_bomb(),
     }
+
+
+def write_glyphs(root, parents: int = 2, classes_per_parent: int = 6, per_class: int = 6,
+                 size: int = 24, seed: int = 0) -> list[str]:
+    """Omniglot-like data: ``parent/classNN/`` folders of greyscale PNGs, dark strokes on white.
+
+    A class is three random strokes; its images draw them with a little jitter (a drawer's
+    hand), so classes are learnable and images of one class differ. Returns the class names.
+    """
+    from pathlib import Path
+
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    names = []
+    for p in range(parents):
+        for c in range(classes_per_parent):
+            name = f"script{p}/glyph{c:02d}"
+            strokes = rng.uniform(3, size - 3, size=(3, 4))
+            folder = Path(root) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                img = Image.new("L", (size, size), 255)
+                draw = ImageDraw.Draw(img)
+                for stroke in strokes + rng.normal(scale=1.0, size=strokes.shape):
+                    draw.line([tuple(stroke[:2]), tuple(stroke[2:])], fill=0, width=2)
+                img.save(folder / f"{k:02d}.png")
+            names.append(name)
+    return names

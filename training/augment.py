@@ -14,26 +14,14 @@ data where rotation is part of the class's variation (the shapes).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from training.config import AugmentConfig
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    rotate_deg: float = 10.0  # uniform in +-rotate_deg
-    shear_deg: float = 10.0
-    scale: float = 0.1  # factor uniform in 1 +- scale
-    translate: float = 0.05  # fraction of the image side, uniform in +-translate
-    p: float = 0.8  # probability that an image is distorted at all
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def active(self) -> bool:
-        return self.p > 0 and any((self.rotate_deg, self.shear_deg, self.scale, self.translate))
+__all__ = ["AugmentConfig", "affine_matrices", "quarter_turn_classes", "random_affine",
+           "variant_classes"]
 
 
 def affine_matrices(n: int, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -74,3 +62,18 @@ def quarter_turn_classes(x: torch.Tensor, labels: torch.Tensor, turns: torch.Ten
         if chosen.any():
             out[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
     return out, labels * 4 + turns
+
+
+def variant_classes(x: torch.Tensor, labels: torch.Tensor, variant: torch.Tensor,
+                    turns: int, mirror: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variant ``v`` of image i: turned ``v % turns`` quarter turns, then mirrored (left-right)
+    when ``v // turns`` is 1; its class becomes ``variants * label + v`` (``variants`` =
+    ``turns * (2 if mirror else 1)``). A mirrored character, like a turned one, is another
+    character in most scripts: more classes to learn from for the same images."""
+    out = quarter_turn_classes(x, labels, variant % turns)[0] if turns == 4 else x.clone()
+    if mirror:
+        flipped = variant // turns == 1
+        if flipped.any():
+            out[flipped] = torch.flip(out[flipped], dims=(3,))
+    variants = turns * (2 if mirror else 1)
+    return out, labels * variants + variant

@@ -19,7 +19,7 @@ from twinstream.errors import ImageDecodeError, InputError
 from twinstream.files import is_image_path
 from twinstream.preprocess import Preprocessing, preprocess_bytes
 
-SPLIT_MODES = ("classes", "images")
+SPLIT_MODES = ("classes", "parents", "images")
 PARTS = ("train", "val", "test")
 
 
@@ -90,7 +90,9 @@ def scan_image_folder(root: str | Path, min_per_class: int = 2) -> ImageFolder:
 @dataclass
 class Split:
     """Sample indices of each part. ``classes`` mode: the parts share no class (evaluation then
-    measures classes never seen in training); ``images`` mode: every class is in every part."""
+    measures classes never seen in training); ``parents`` mode: nor any parent folder (an
+    alphabet is validated on only if none of its characters trained); ``images`` mode: every
+    class is in every part."""
 
     mode: str
     parts: dict[str, list[int]]
@@ -113,6 +115,35 @@ def _count(n: int, fraction: float) -> int:
     return max(1, round(n * fraction)) if fraction > 0 else 0
 
 
+def parent_of(class_name: str) -> str:
+    """The parent folder of a class ("Alphabet/character01" -> "Alphabet"; "" at the top)."""
+    return class_name.rsplit("/", 1)[0] if "/" in class_name else ""
+
+
+def _parent_order(classes: list[str], order: np.ndarray, n_val: int, n_test: int
+                  ) -> tuple[np.ndarray, int, int]:
+    """Class order and part sizes that keep each parent in one part: validation (then test)
+    takes whole parents, each time the one whose size is closest to what is still wanted."""
+    by_parent: dict[str, list[int]] = {}
+    for c in order:
+        by_parent.setdefault(parent_of(classes[c]), []).append(int(c))
+    if len(by_parent) < 2 + (n_test > 0):
+        raise InputError(f"--split parents needs at least {2 + (n_test > 0)} parent folders "
+                         f"(e.g. alphabets holding character folders); the data has "
+                         f"{len(by_parent)}")
+    left = list(by_parent)  # already in a seeded order: ties go to the first
+    parts: list[list[int]] = []
+    for wanted in (n_val, n_test):
+        part: list[int] = []
+        while wanted > 0 and len(part) < 0.75 * wanted and len(left) > 1:
+            best = min(left, key=lambda p: abs(len(by_parent[p]) - (wanted - len(part))))
+            part += by_parent[best]
+            left.remove(best)
+        parts.append(part)
+    train = [c for p in left for c in by_parent[p]]
+    return np.array(parts[0] + parts[1] + train), len(parts[0]), len(parts[1])
+
+
 def split_data(folder: ImageFolder, mode: str = "classes", val_fraction: float = 0.2,
                test_fraction: float = 0.2, seed: int = 0) -> Split:
     """Seeded split into train / val / test; raises ``InputError`` when a needed part is empty."""
@@ -123,10 +154,12 @@ def split_data(folder: ImageFolder, mode: str = "classes", val_fraction: float =
     rng = np.random.default_rng(seed)
     labels = folder.labels
     parts: dict[str, list[int]] = {p: [] for p in PARTS}
-    if mode == "classes":
+    if mode in ("classes", "parents"):
         order = rng.permutation(len(folder.classes))
         n_val = _count(len(order), val_fraction)
         n_test = _count(len(order), test_fraction)
+        if mode == "parents":
+            order, n_val, n_test = _parent_order(folder.classes, order, n_val, n_test)
         chosen = {"val": order[:n_val], "test": order[n_val:n_val + n_test],
                   "train": order[n_val + n_test:]}
         for part, classes in chosen.items():
@@ -140,10 +173,14 @@ def split_data(folder: ImageFolder, mode: str = "classes", val_fraction: float =
                     f"{len(chosen[part])} {part} class(es); need at least {minimum}: use more "
                     "classes, smaller fractions, or --split images")
     else:
+        # A class gives validation (and test) images only when it can spare two of them (a
+        # one-shot episode needs a reference and a query) and keep two for training.
         for label in np.unique(labels):
             idx = rng.permutation(np.flatnonzero(labels == label))
-            n_val = _count(len(idx), val_fraction) if len(idx) >= 3 else 0
-            n_test = _count(len(idx), test_fraction) if len(idx) >= 3 + n_val else 0
+            n_val = max(2, _count(len(idx), val_fraction)) \
+                if val_fraction > 0 and len(idx) >= 4 else 0
+            n_test = max(2, _count(len(idx), test_fraction)) \
+                if test_fraction > 0 and len(idx) - n_val >= 4 else 0
             parts["val"] += idx[:n_val].tolist()
             parts["test"] += idx[n_val:n_val + n_test].tolist()
             parts["train"] += idx[n_val + n_test:].tolist()
@@ -151,7 +188,7 @@ def split_data(folder: ImageFolder, mode: str = "classes", val_fraction: float =
         if val_fraction > 0 and n_val_classes < 2:
             raise InputError(
                 f"the image split leaves {n_val_classes} validation class(es); need at least 2 "
-                "classes with 3 or more images each")
+                "classes with 4 or more images each")
     return Split(mode, {p: sorted(idx) for p, idx in parts.items()})
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.openset import episode_pools
+
 
 @dataclass
 class Episodes:
@@ -28,11 +30,14 @@ class Episodes:
 
 
 def few_shot_episodes(embeddings: np.ndarray, labels: np.ndarray, ways: int, shots: int = 1,
-                      episodes: int = 400, seed: int = 0) -> Episodes:
+                      episodes: int = 400, seed: int = 0,
+                      groups: np.ndarray | None = None) -> Episodes:
     """Run N-way K-shot episodes: each draws ``ways`` classes, ``shots`` support images and one
     query per class, and predicts the class whose mean support embedding is most similar
     (cosine). With one shot this is the classic one-shot task of Koch et al.: which of N
-    images, one per class, shows the same character as the query?"""
+    images, one per class, shows the same character as the query? With ``groups`` (a parent id
+    per class label) each episode draws its classes inside one parent with enough of them
+    (Lake et al.'s within-alphabet protocol)."""
     if ways < 2:
         raise ValueError("episodes need at least 2 ways")
     rng = np.random.default_rng(seed)
@@ -40,11 +45,14 @@ def few_shot_episodes(embeddings: np.ndarray, labels: np.ndarray, ways: int, sho
     if len(classes) < ways:
         raise ValueError(f"{ways}-way episodes need {ways} classes with at least {shots + 1} "
                          f"images each; only {len(classes)} have that many")
+    pools = [classes] if groups is None else episode_pools(
+        labels, ways, shots + 1, groups, f"{ways}-way {shots}-shot evaluation")
     by_class = {c: np.flatnonzero(labels == c) for c in classes}
     accuracy = np.zeros(episodes, dtype=np.float64)
     true, predicted = [], []
     for e in range(episodes):
-        chosen = rng.choice(classes, size=ways, replace=False)
+        pool = pools[rng.integers(len(pools))] if len(pools) > 1 else pools[0]
+        chosen = rng.choice(pool, size=ways, replace=False)
         supports, queries = [], []
         for c in chosen:
             idx = rng.choice(by_class[c], size=shots + 1, replace=False)

@@ -1,33 +1,19 @@
 """Encoder networks. Each maps ``[N, C, H, W]`` to L2-normalised ``[N, D]`` embeddings.
 
-Only plain conv / batch-norm / ReLU / max-pool / linear / adaptive-average-pool layers are used, so
-every architecture exports to ONNX (opset 17) and matches onnxruntime to float precision.
+Only plain conv / batch-norm / ReLU / max-pool / linear / adaptive-average-pool / flatten layers are
+used, so every architecture exports to ONNX (opset 17) and matches onnxruntime to float precision.
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.config import EncoderConfig
 from twinstream.errors import ModelError
 
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Everything needed to rebuild an encoder; saved beside its weights in the checkpoint."""
-
-    arch: str = "small"
-    in_channels: int = 3
-    height: int = 64
-    width: int = 64
-    embedding_dim: int = 64
-    base_channels: int = 0  # channels of the first layer; 0: the architecture's default
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["ARCHITECTURES", "EncoderConfig", "build_encoder"]
 
 
 class Embedder(nn.Module):
@@ -108,12 +94,26 @@ def resnet(cfg: EncoderConfig) -> Embedder:
     return Embedder(nn.Sequential(*layers), 8 * b, cfg.embedding_dim)
 
 
+def mlp(cfg: EncoderConfig) -> Embedder:
+    """A dense twin: flattened pixels -> two hidden layers -> embedding (the classic MNIST-style
+    Siamese network). Cheap and fine for small centred images; it knows nothing of locality, so
+    convolutional encoders beat it as soon as the objects move or the images grow.
+    ``base_channels`` is the first hidden layer's width (default 512; the second is half)."""
+    width = cfg.base_channels or 512
+    inputs = cfg.in_channels * cfg.height * cfg.width
+    layers = [nn.Flatten(), nn.Linear(inputs, width, bias=False), nn.BatchNorm1d(width),
+              nn.ReLU(inplace=True), nn.Linear(width, width // 2, bias=False),
+              nn.BatchNorm1d(width // 2), nn.ReLU(inplace=True)]
+    return Embedder(nn.Sequential(*layers), width // 2, cfg.embedding_dim)
+
+
 ARCHITECTURES = {
     "tiny": lambda cfg: conv_stack(cfg, cfg.base_channels or 8, (1, 2, 4)),
     "small": lambda cfg: conv_stack(cfg, cfg.base_channels or 32, (1, 2, 4, 4)),
     "conv4": lambda cfg: conv_stack(cfg, cfg.base_channels or 64, (1, 1, 1, 1)),
     "koch": koch,
     "resnet": resnet,
+    "mlp": mlp,
 }
 
 

@@ -12,8 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
+from training.config import OPTIMIZERS, SCHEDULES
 
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,

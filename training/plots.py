@@ -123,3 +123,44 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, ways: int) 
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
     return _save(fig, path)
+
+
+def plot_door(fpir: np.ndarray, fnir: np.ndarray, report: dict, path: Path) -> Path:
+    """DET-style curve of the open-set door: strangers accepted (FPIR) against enrolled people
+    missed or mistaken (FNIR = 1 - DIR), log axes, with the reported operating points."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    floor = 0.5 / max(report["stranger_probes"], 1)
+    ax.plot(np.maximum(fpir, floor), np.maximum(fnir, floor), label="all thresholds")
+    for point in report["at_fpir"]:
+        ax.scatter([max(point["fpir"], floor)], [max(1 - point["dir"], floor)], zorder=3,
+                   label=f"FPIR {point['target_fpir']:g}: DIR {point['dir']:.3f} at "
+                         f"{point['threshold']:.3f}")
+    default = report.get("card_default")
+    if default:
+        ax.scatter([max(default["fpir"], floor)], [max(1 - default["dir"], floor)], marker="*",
+                   s=160, color="black", zorder=4,
+                   label=f"card default {default['threshold']:.3f}: DIR {default['dir']:.3f}, "
+                         f"FPIR {default['fpir']:.3f}")
+    where = "within one parent" if report["within_parent"] else "across all classes"
+    ax.set(xscale="log", yscale="log", xlabel="FPIR (strangers accepted)",
+           ylabel="FNIR (enrolled missed or mistaken)",
+           title=f"door: gallery {report['gallery']}, {report['shots']} reference(s), {where}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def plot_reliability(reliability: dict, path: Path) -> Path:
+    """Calibrated probability against the observed share of same-identity pairs, per bin."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    bins = reliability["bins"]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    ax.plot([b["mean_probability"] for b in bins], [b["observed_same"] for b in bins],
+            marker="o", label=f"ECE {reliability['ece']:.3f} ({reliability['pairs']} pairs)")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="calibrated P(same identity)",
+           ylabel="observed share of same-identity pairs", title="reliability (balanced pairs)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return _save(fig, path)

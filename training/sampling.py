@@ -18,9 +18,13 @@ class PKSampler:
     images stops being drawn (it can no longer give a positive pair).
     """
 
-    def __init__(self, labels: np.ndarray, p: int, k: int):
+    def __init__(self, labels: np.ndarray, p: int, k: int, groups: dict[int, int] | None = None,
+                 within: float = 0.0):
         self.by_class = {int(c): list(np.flatnonzero(labels == c)) for c in np.unique(labels)}
         self.p, self.k = p, k
+        # ``within``: share of batches whose classes all come from one group (a parent folder):
+        # similar classes side by side, the hard negatives a door meets.
+        self.groups, self.within = groups or {}, within if groups else 0.0
 
     @property
     def classes(self) -> list[int]:
@@ -30,6 +34,13 @@ class PKSampler:
         classes = self.classes
         if len(classes) < 2:
             raise ValueError("fewer than 2 classes with at least 2 readable images are left")
+        if self.within and rng.random() < self.within:
+            by_group: dict[int, list[int]] = {}
+            for c in classes:
+                by_group.setdefault(self.groups[c], []).append(c)
+            pools = [pool for pool in by_group.values() if len(pool) >= 2]
+            if pools:
+                classes = pools[rng.integers(len(pools))]
         chosen = rng.choice(classes, size=min(self.p, len(classes)), replace=False)
         return np.concatenate([
             rng.choice(self.by_class[c], size=self.k, replace=len(self.by_class[c]) < self.k)

@@ -2,7 +2,8 @@
 
 One epoch = ``steps_per_epoch`` class-balanced batches (default: one pass's worth of images).
 After each epoch the encoder embeds the validation images and is scored by N-way one-shot
-accuracy; the best one is ``best.pt``, the latest training state ``last.pt`` (for ``resume``).
+accuracy; the best one is ``best.pt`` (the latest epoch within the noise of the best accuracy
+seen), the latest training state ``last.pt`` (for ``resume``).
 At the end the best encoder is evaluated on the test part (classes never used in training or
 model selection), and ``report.json`` plus plots are written to the run folder.
 """
@@ -19,17 +20,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.augment import quarter_turn_classes, random_affine
+from training import autoconfig
+from training.augment import random_affine, variant_classes
 from training.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from training.config import RESUME_KEYS, TrainConfig
-from training.data import ImageSource, scan_image_folder, split_data
+from training.data import ImageFolder, ImageSource, scan_image_folder, split_data
 from training.distributed import Distributed
-from training.evaluate import evaluate_embeddings, write_plots
+from training.duplicates import find_duplicates
+from training.evaluate import calibration_report, evaluate_embeddings, write_plots
 from training.losses import build_loss
 from training.metrics import n_way_k_shot, pair_scores, verification
 from training.models import build_encoder
+from training.openset import parents_of
 from training.optim import build_optimizer, lr_factor, set_lr
+from training.plots import plot_reliability
 from training.sampling import PKSampler
+from training.trust import card_from_checkpoint_meta, measure_trust
 from twinstream.errors import InputError, ModelError
 from twinstream.jsonio import to_json
 
@@ -100,15 +106,17 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, progress: Callable | None, log: Callable[[str], None],
                  dist: Distributed):
-        cfg.check()
-        self.cfg, self.dist, self.progress = cfg, dist, progress
+        self.dist, self.progress = dist, progress
         self.log = log if dist.is_main else (lambda _m: None)
         self.started = time.monotonic()
+        folder = self._scan(cfg)
+        self.cfg = cfg = self._resolve(cfg, folder)
+        cfg.check()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.run_dir = Path(cfg.out)
-        self._prepare_data()
+        self._prepare_data(folder)
         self.encoder = build_encoder(cfg.encoder())
         loss = build_loss(cfg.loss, cfg.embedding_dim, cfg.margin, cfg.mining, cfg.circle_gamma,
                           seed=cfg.seed)
@@ -129,14 +137,30 @@ class Trainer:
         self.model = dist.wrap(self.objective)
 
     # -- data -----------------------------------------------------------------------------
-    def _prepare_data(self) -> None:
-        cfg = self.cfg
+    def _scan(self, cfg: TrainConfig) -> ImageFolder:
+        """The image folder, with duplicated images and classes handled as ``cfg`` says."""
         folder = scan_image_folder(cfg.data, cfg.min_per_class)
         for name, count in folder.excluded.items():
             self.log(f"warning: class {name!r} excluded: {count} image(s), need at least "
                      f"{cfg.min_per_class}")
         if folder.excluded:
             self.log(f"warning: {len(folder.excluded)} class(es) excluded as too small")
+        folder, self.duplicates = find_duplicates(folder, cfg.duplicates)
+        if self.duplicates.found or self.duplicates.repeated_in_class:
+            self.log(f"warning: {self.duplicates.describe()}")
+        return folder
+
+    def _resolve(self, cfg: TrainConfig, folder: ImageFolder) -> TrainConfig:
+        """Choose the automatic options from the data; print one line per choice."""
+        resolved, choices, profile = autoconfig.resolve(cfg, folder)
+        for choice in choices:
+            self.log(choice.line())
+        self.auto_choices = {c.name: {"value": c.value, "reason": c.reason} for c in choices}
+        self.profile = profile.to_dict() if choices else {}
+        return resolved
+
+    def _prepare_data(self, folder: ImageFolder) -> None:
+        cfg = self.cfg
         split = split_data(folder, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         spec = cfg.preprocessing()
         labels = folder.labels
@@ -148,7 +172,8 @@ class Trainer:
         self.classes = folder.classes
         self.data_summary = {**folder.summary(), "split": cfg.split,
                              **{f"{p}_classes": parts[p].classes for p in parts},
-                             **{f"{p}_images": len(parts[p].labels) for p in parts}}
+                             **{f"{p}_images": len(parts[p].labels) for p in parts},
+                             "duplicates": self.duplicates.summary()}
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "split.json").write_text(
@@ -156,11 +181,16 @@ class Trainer:
             self.log(f"data: {self.data_summary['train_classes']} training classes "
                      f"({len(self.train.labels)} images), {self.val.classes} validation, "
                      f"{self.test.classes} test ({cfg.split} split)")
-        turns = 4 if cfg.quarter_turns else 1
+        self.quarter = 4 if cfg.quarter_turns else 1
+        turns = self.quarter * (2 if cfg.mirror else 1)  # variants of each class
         n = len(self.train.labels)
-        # Quarter turns: virtual image v is image v % n turned v // n times, of class 4y + turn.
+        # Class variants: virtual image v is image v % n in variant v // n (turned and/or
+        # mirrored, augment.variant_classes), of class turns * y + variant.
         virtual = np.concatenate([self.train.labels * turns + t for t in range(turns)])
-        self.sampler = PKSampler(virtual, cfg.classes_per_batch, cfg.images_per_class)
+        self.parents = parents_of(self.classes)  # parent folder id of each class label
+        groups = {int(v): int(self.parents[v // turns]) for v in np.unique(virtual)}
+        self.sampler = PKSampler(virtual, cfg.classes_per_batch, cfg.images_per_class,
+                                 groups, cfg.parent_batches)
         self.turns, self.n_train = turns, n
 
     def skipped(self) -> int:
@@ -183,7 +213,8 @@ class Trainer:
         x = torch.from_numpy(arrays)
         labels = torch.from_numpy(self.train.labels[base[kept]])
         if self.turns > 1:
-            x, labels = quarter_turn_classes(x, labels, torch.from_numpy(turn[kept]))
+            x, labels = variant_classes(x, labels, torch.from_numpy(turn[kept]), self.quarter,
+                                        self.cfg.mirror)
         return x, labels
 
     # -- resume and checkpoints -----------------------------------------------------------
@@ -212,7 +243,8 @@ class Trainer:
     def _save(self, improved: bool, val: dict) -> None:
         cfg = self.cfg
         common = {"loss": cfg.loss, "train_config": cfg.to_dict(), "data": self.data_summary,
-                  "history": self.history, "epoch": self.epoch}
+                  "auto_choices": self.auto_choices, "history": self.history,
+                  "epoch": self.epoch}
         if improved:
             save_checkpoint(self.run_dir / "best.pt", self.encoder, cfg.encoder(),
                             cfg.preprocessing(), metrics=val, **common)
@@ -250,7 +282,9 @@ class Trainer:
         losses, images, t0, out_of_time = [], 0, time.monotonic(), False
         for _ in bar:
             elapsed = self.dist.from_main(self.elapsed())
-            if cfg.time_budget_s and elapsed + self.validation_s >= cfg.time_budget_s:
+            # at least one step, so even a budget spent on preparation leaves a checkpoint
+            if cfg.time_budget_s and self.step and \
+                    elapsed + self.validation_s >= cfg.time_budget_s:
                 out_of_time = True
                 break
             set_lr(self.optimizer, cfg.lr * lr_factor(self._progress(elapsed), cfg.schedule,
@@ -274,6 +308,7 @@ class Trainer:
     def _validate(self) -> dict:
         t0 = time.monotonic()
         emb, labels = embed_part(self.encoder, self.val)
+        self.val_embeddings = (emb, labels)
         ways = usable_ways(labels, self.cfg.ways)
         val = {"one_shot": n_way_k_shot(emb, labels, ways=ways, shots=1,
                                         episodes=self.cfg.val_episodes, seed=self.cfg.seed),
@@ -285,7 +320,8 @@ class Trainer:
         """Train until the last epoch or the time budget; returns which one stopped it."""
         cfg = self.cfg
         stopped_by = "epochs"
-        if cfg.time_budget_s and self.dist.from_main(self.elapsed()) >= cfg.time_budget_s:
+        if cfg.time_budget_s and self.best is not None and \
+                self.dist.from_main(self.elapsed()) >= cfg.time_budget_s:
             return "time budget"  # a resumed run whose budget is already spent
         while self.epoch < cfg.epochs:
             self.epoch += 1
@@ -307,9 +343,17 @@ class Trainer:
                "val_auc": val["verification"]["roc_auc"], "elapsed_s": round(self.elapsed(), 1),
                "images_per_s": round(self.seen / max(self.train_seconds, 1e-9), 1)}
         self.history.append(row)
-        key = (row["val_one_shot"], row["val_auc"])
-        improved = self.best is None or key >= (self.best["val_one_shot"], self.best["val_auc"])
+        # Kept: the latest epoch within the noise (half the 95% interval) of the best validation
+        # accuracy seen. A few validation classes cannot rank close epochs, and with a decaying
+        # learning rate the later one is the better bet.
+        low, high = val["one_shot"]["ci95"]
+        peak = max(r["val_one_shot"] for r in self.history)
+        improved = self.best is None or row["val_one_shot"] >= peak - (high - low) / 2
         if improved:
+            # What the model card promises (calibration, recognition cuts), measured on the
+            # validation classes of the model that is kept; export copies it into the card.
+            val.update(measure_trust(*self.val_embeddings, seed=self.cfg.seed,
+                                     parents=self.parents))
             self.best = {**row, "validation": val}
         self._save(improved, val)
         self.log(f"epoch {self.epoch}/{self.cfg.epochs}  loss {loss:.4f}  "
@@ -327,7 +371,7 @@ class Trainer:
         test_ways = usable_ways(self.test.labels, self.cfg.ways) if len(self.test.labels) else 0
         plots: dict = {}
         if test_ways >= 2:
-            encoder, _ = load_checkpoint(self.run_dir / "best.pt")
+            encoder, meta = load_checkpoint(self.run_dir / "best.pt")
             emb, labels = embed_part(encoder, self.test)
             present, labels = np.unique(labels, return_inverse=True)  # renumber 0..n-1
             evaluation = evaluate_embeddings(emb, labels, usable_ways(labels, self.cfg.ways), 1,
@@ -336,8 +380,14 @@ class Trainer:
             names = [self.classes[c] for c in present]
             plots = write_plots(evaluation, emb, labels, names, self.run_dir, self.history,
                                 self.cfg.seed)
+            calibration = calibration_report(card_from_checkpoint_meta(meta), evaluation.scores,
+                                             evaluation.same, self.cfg.seed)
+            if calibration is not None:
+                result.test["calibration"] = calibration
+                plots["reliability"] = str(plot_reliability(calibration,
+                                                            self.run_dir / "reliability.png"))
             one = evaluation.report["n_way"]
-            unseen = "classes never seen in training" if self.cfg.split == "classes" else \
+            unseen = "classes never seen in training" if self.cfg.split != "images" else \
                 "held-out images"
             self.log(f"test ({self.test.classes} classes, {unseen}): {one['ways']}-way one-shot "
                      f"{one['accuracy']:.3f}, ROC AUC "
@@ -348,7 +398,8 @@ class Trainer:
             plots = {"curves": str(plot_curves(self.history, self.run_dir / "curves.png"))}
         data = {**self.data_summary, "skipped_images": self.skipped()}
         (self.run_dir / "report.json").write_text(to_json(
-            {"config": self.cfg.to_dict(), "data": data, **asdict(result), "plots": plots},
+            {"config": self.cfg.to_dict(), "auto_choices": self.auto_choices,
+             "data_profile": self.profile, "data": data, **asdict(result), "plots": plots},
             indent=2))
         return result
 

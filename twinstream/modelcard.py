@@ -32,6 +32,13 @@ class ModelCard:
     threshold: float | None = None
     # Named alternatives, e.g. {"eer": 0.71, "far@0.01": 0.83}.
     thresholds: dict[str, float] = field(default_factory=dict)
+    # Cosine -> P(same identity): {"method": "platt", "slope", "intercept", "prior", ...}
+    # (twinstream.calibration.Calibration). Empty in cards exported before it existed.
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # Recognition cuts by gallery size: {"gallery_sizes": [1, 10, 100, 1000], "target_fpirs":
+    # [...], "thresholds": [[per size] per FPIR], "default_target_fpir": 0.05, ...}; read it
+    # with twinstream.calibration.recognition_threshold. Empty in older cards.
+    recognition: dict[str, Any] = field(default_factory=dict)
     loss: str = ""
     architecture: dict[str, Any] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict)

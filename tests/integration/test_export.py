@@ -19,6 +19,7 @@ from export.onnx_export import export_onnx
 from export.parity import check_parity, parity_inputs
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.models import ARCHITECTURES, EncoderConfig, build_encoder
+from twinstream.calibration import calibrated_probability, recognition_threshold
 from twinstream.errors import ModelError
 from twinstream.preprocess import Preprocessing
 from twinstream.runtime import Encoder
@@ -64,6 +65,46 @@ def test_the_card_carries_what_serving_and_people_need(onnx_model, trained_run):
     assert parity["ok"] and parity["inputs"] == "images" and parity["max_abs_diff"] <= 1e-4
     assert card.provenance["opset"] == 21 and "dynamo" in card.provenance["exporter"]
     assert card.version == model_version(proto, card)  # the version is the content hash
+
+
+def test_the_card_carries_calibration_and_recognition_cuts_from_validation(onnx_model,
+                                                                          trained_run):
+    _, meta = load_checkpoint(trained_run)
+    card = Encoder(onnx_model).card
+    assert card.calibration == meta["metrics"]["calibration"]
+    assert card.calibration["slope"] > 0 and card.calibration["prior"] == 0.5
+    curve = card.recognition
+    assert curve["gallery_sizes"] == [1, 10, 100, 1000] and 0.05 in curve["target_fpirs"]
+    assert np.array(curve["thresholds"]).shape == (len(curve["target_fpirs"]), 4)
+    assert curve["classes"] == meta["data"]["val_classes"]
+    choice = recognition_threshold(card, 10)
+    assert choice.source == "gallery curve" and -1 <= choice.threshold <= 1
+    probability = calibrated_probability(card, [card.threshold - 0.2, card.threshold + 0.01])
+    assert 0 <= probability[0] < probability[1] <= 1
+
+
+def test_an_older_checkpoint_is_measured_at_export_or_warns(trained_run, shapes_data, tmp_path):
+    payload = torch.load(trained_run / "best.pt", weights_only=True)
+    for key in ("calibration", "recognition"):
+        del payload["metrics"][key]
+    old_run = tmp_path / "old"
+    old_run.mkdir()
+    torch.save(payload, old_run / "best.pt")
+    (old_run / "split.json").write_bytes((trained_run / "split.json").read_bytes())
+    logs: list[str] = []
+    card, _ = export_onnx(old_run, tmp_path / "measured.onnx", samples(shapes_data, 4),
+                          log=logs.append)
+    assert any("measuring calibration and recognition cuts on 9 validation" in m for m in logs)
+    assert card.calibration["slope"] > 0 and card.recognition["classes"] == 9
+    (old_run / "split.json").unlink()  # the validation images can no longer be found
+    logs.clear()
+    bare, _ = export_onnx(old_run, tmp_path / "bare.onnx", samples(shapes_data, 4),
+                          log=logs.append)
+    assert not bare.calibration and not bare.recognition
+    assert any("warning: no calibration or recognition cuts" in m for m in logs)
+    assert bare.version == card.version  # descriptive fields: same version
+    assert recognition_threshold(Encoder(tmp_path / "bare.onnx").card, 10).source == \
+        "pair threshold"
 
 
 def test_exporting_again_gives_the_same_version_and_the_legacy_exporter_agrees(

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from tests.imagegen import encode, gradient
-from training.augment import AugmentConfig, quarter_turn_classes, random_affine
+from training.augment import (
+    AugmentConfig,
+    quarter_turn_classes,
+    random_affine,
+    variant_classes,
+)
 from training.data import ImageSource, read_split, scan_image_folder, split_data
 from training.optim import lr_factor
 from twinstream.errors import InputError
@@ -100,11 +105,37 @@ def test_augmentation_distorts_each_image_differently_and_p0_is_identity():
     assert torch.allclose(random_affine(x, AugmentConfig(0, 0, 0, 0, p=1.0), g), x, atol=1e-5)
 
 
+def test_parent_split_keeps_each_parent_in_one_part(tmp_path):
+    for parent, count in (("a", 3), ("b", 6), ("c", 4), ("d", 9)):
+        for c in range(count):
+            make_folder(tmp_path / parent, 1, 2)  # class0 under each parent: re-made below
+            (tmp_path / parent / "class0").rename(tmp_path / parent / f"char{c}")
+    folder = scan_image_folder(tmp_path)
+    split = split_data(folder, "parents", 0.2, 0.15, seed=0)
+    parents = {p: {folder.classes[folder.samples[i].label].split("/")[0] for i in idx}
+               for p, idx in split.parts.items()}
+    # 22 classes: validation wants 4 (parent c is exactly 4), test wants 3 (parent a)
+    assert parents == {"val": {"c"}, "test": {"a"}, "train": {"b", "d"}}
+    with pytest.raises(InputError, match="--split parents needs at least 3 parent folders"):
+        split_data(scan_image_folder(make_folder(tmp_path / "flat", 6, 2)), "parents", 0.2, 0.2)
+
+
 def test_quarter_turns_are_new_classes():
     x = torch.arange(8.0).reshape(2, 1, 2, 2)
     out, labels = quarter_turn_classes(x, torch.tensor([3, 3]), torch.tensor([0, 1]))
     assert labels.tolist() == [12, 13]
     assert torch.equal(out[0], x[0]) and torch.equal(out[1], torch.rot90(x[1], 1, dims=(1, 2)))
+
+
+def test_mirror_and_turn_variants_are_new_classes():
+    x = torch.arange(8.0).reshape(2, 1, 2, 2)
+    out, labels = variant_classes(x, torch.tensor([3, 3]), torch.tensor([1, 5]), 4, True)
+    assert labels.tolist() == [25, 29]  # 8 variants per class
+    assert torch.equal(out[0], torch.rot90(x[0], 1, dims=(1, 2)))
+    assert torch.equal(out[1], torch.flip(torch.rot90(x[1], 1, dims=(1, 2)), dims=(2,)))
+    out, labels = variant_classes(x, torch.tensor([3, 3]), torch.tensor([0, 1]), 1, True)
+    assert labels.tolist() == [6, 7] and torch.equal(out[1], torch.flip(x[1], dims=(2,)))
+    assert torch.equal(out[0], x[0])
 
 
 def test_schedules_warm_up_then_decay():

