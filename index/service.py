@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 from index.filters import parse_filter
+from index.identities import Identities, Identity
 from index.query import MAX_K
-from index.recognition import Recognition, Verification, enroll, recognize, resolve_threshold
+from index.recognition import (
+    Recognition,
+    Verification,
+    enroll,
+    probability_of,
+    recognize,
+    resolve_threshold,
+)
 from index.recognition import verify as verify_vectors
 from index.store import Client, Hit, VectorIndex, connect
 from twinstream.budget import DecodeBudget
@@ -57,12 +65,18 @@ class SearchResult:
     index: VectorIndex
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def probabilities(self) -> list[float | None]:
+        """P(same identity) of each hit, from the index's model card (None: no calibration)."""
+        return [probability_of(self.index.info, h.score) for h in self.hits]
+
 
 @dataclass
 class Enrolled:
     ids: list[str]
     label: str
     index: VectorIndex
+    references: int = 0  # the identity's references after this enrolment
 
     @property
     def live(self) -> bool:
@@ -284,23 +298,35 @@ class SearchService:
         return jpeg
 
     def recognize(self, data: bytes, k: int = 5, threshold: float | None = None,
-                  filter: str | None = None, *, what: str = "image"
-                  ) -> tuple[Recognition, VectorIndex, dict]:
+                  filter: str | None = None, *, target_fpir: float | None = None,
+                  what: str = "image") -> tuple[Recognition, VectorIndex, dict]:
+        """Who is this, or unknown: the nearest identity's prototype against the threshold
+        (given, or the card's for this many identities at ``target_fpir``, default the
+        ``TWINSTREAM_RECOGNIZE_TARGET_FPIR`` setting)."""
         k, threshold = self.check_k(k), self.check_threshold(threshold)
+        target = self.check_target_fpir(target_fpir)
         filter = self.check_filter(filter)
         timings: dict[str, float] = {}
         index = self.model_index()
         vector = self.embed_image(data, timings, what)
         result = self._timed("index_query", timings, lambda: recognize(
-            index, vector, threshold, k, filter=filter))
+            index, vector, threshold, k, target_fpir=target, filter=filter))
         return result, index, timings
+
+    def check_target_fpir(self, target_fpir: float | None) -> float:
+        target = self.settings.recognize.target_fpir if target_fpir is None else target_fpir
+        if not 0 < target < 1:  # NaN fails this too
+            raise InputError(f"target FPIR (the share of strangers accepted) must be between "
+                             f"0 and 1, exclusive, got {target_fpir}", field="target_fpir")
+        return target
 
     def verify(self, a: bytes, b: bytes, threshold: float | None = None, *,
                names: tuple[str, str] = ("a", "b")) -> Verification:
         threshold = self.check_threshold(threshold)
         encoder = self.require_encoder()
         va, vb = self.embed([self.prepare(a, names[0]), self.prepare(b, names[1])])
-        return verify_vectors(va, vb, resolve_threshold(encoder.card.threshold, threshold))
+        return verify_vectors(va, vb, resolve_threshold(encoder.card.threshold, threshold),
+                              encoder.card)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {}
@@ -361,4 +387,28 @@ class SearchService:
         index.put_thumbnails({i: u.thumbnail for i, u in zip(ids, uploads, strict=True)})
         for i, vector, extra in zip(ids, vectors, extras, strict=True):
             enroll(index, i, vector, label, {**attributes, **extra})
-        return Enrolled(ids, label, index)
+        identity = Identities(index).get(label)
+        return Enrolled(ids, label, index, identity.references if identity else 0)
+
+    # --- identities ------------------------------------------------------------------------------
+
+    def identities(self) -> tuple[VectorIndex, list[Identity]]:
+        index = self.live_index()
+        return index, Identities(index).list()
+
+    def identity(self, label: str) -> tuple[VectorIndex, Identity, dict[str, dict[str, Any]]]:
+        """An identity and its references (id -> attributes)."""
+        label = self.check_label(label)
+        index = self.live_index()
+        identities = Identities(index)
+        found = identities.get(label)
+        if found is None:
+            raise NotFoundError(f"no identity {quote(label)} in index {index.info.name!r}")
+        refs = {ref: index.attributes(ref) or {} for ref in sorted(identities.references(label))}
+        return index, found, refs
+
+    def remove_identity(self, label: str) -> tuple[VectorIndex, list[str]]:
+        """Remove an identity and its reference images from the index."""
+        label = self.check_label(label)
+        index = self.live_index()
+        return index, Identities(index).remove(label)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,10 @@ class IndexInfo:
     threshold: float | None = None
     quant: str = "q8"  # fixed when the version is created
     shards: int = 1  # fixed when the version is created
+    # From the model card (twinstream.calibration reads them): cosine -> P(same identity), and
+    # the recognition cuts by gallery size. Empty for models exported before they existed.
+    calibration: dict[str, Any] = field(default_factory=dict, compare=False)
+    recognition: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,8 @@ def decode_hash(meta: dict) -> dict[str, str]:
 def info_from_meta(name: str, meta: dict[str, str]) -> IndexInfo:
     card = json.loads(meta.get("card") or "{}")
     return IndexInfo(name, meta["version"], int(meta["dim"]), meta.get("metric", "cosine"),
-                     card.get("threshold"), meta.get("quant", "q8"), int(meta.get("shards", 1)))
+                     card.get("threshold"), meta.get("quant", "q8"), int(meta.get("shards", 1)),
+                     card.get("calibration") or {}, card.get("recognition") or {})
 
 
 class VectorIndex:

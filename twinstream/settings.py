@@ -156,12 +156,21 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class RecognizeSettings:
+    target_fpir: float = setting(
+        0.05, "Share of strangers that recognition may accept as someone (the false-positive "
+        "identification rate): with it and the number of identities enrolled, the model card "
+        "gives the threshold, unless --threshold is given.", flag="--target-fpir")
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    recognize: RecognizeSettings = field(default_factory=RecognizeSettings)
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,9 @@ def _validate(settings: Settings) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+    if not 0 < settings.recognize.target_fpir < 1:
+        raise ConfigError(f"TWINSTREAM_RECOGNIZE_TARGET_FPIR must be between 0 and 1 "
+                          f"(exclusive), got {settings.recognize.target_fpir}")
     for root in filter(None, (r.strip() for r in settings.worker.uri_roots.split(":"))):
         if not Path(root).is_absolute():
             raise ConfigError(f"TWINSTREAM_WORKER_URI_ROOTS must name absolute folders, "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from index.identities import Identities
 from index.store import VectorIndex
 from twinstream.errors import TwinstreamError
 from worker.batch import Batch, Delete, Upsert, index_operations
@@ -103,6 +104,8 @@ class Writer:
                 op.item.fail("write", f"Redis refused the element: {error.message}")
         self.index.delete_thumbnails([op.id for op in refused if op.thumbnail])
         self.index.delete(deletes)
+        # A deleted reference image stops counting for its identity (prototype recomputed).
+        Identities(self.index).forget(deletes)
 
     def _failed(self, target: str):
         def report(exc: Exception, attempt: int, delay: float) -> None:

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from index.identities import Identities
 from index.store import VectorIndex, connect
 from twinstream.messages import content_id
 from twinstream.preprocess import decode_image
@@ -113,6 +114,9 @@ def gallery(api_settings, encoder, shapes_data) -> Gallery:
                   for i, v, p in zip(ids, vectors, paths, strict=True)])
     index.put_thumbnails({i: make_thumbnail(decode_image(b)) for i, b in zip(ids, blobs,
                                                                             strict=True)})
+    identities = Identities(index)  # every image is a reference of its class's identity
+    for i, v, p in zip(ids, vectors, paths, strict=True):
+        identities.add(p.parent.name, i, v)
     return Gallery({i: (p, p.parent.name) for i, p in zip(ids, paths, strict=True)})
 
 

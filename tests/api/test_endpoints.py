@@ -215,8 +215,12 @@ def test_enroll_then_recognize_known_and_unknown(base_settings, stack, onnx_mode
         r = server.client.post("/enroll", files=upload(red.read_bytes()),
                                data={"label": "  red_circle ", "attributes": '{"site": "door"}'})
         assert r.status_code == 201, r.text
-        assert r.json() == {"id": red_id, "label": "red_circle", "model_version": encoder.version,
+        assert r.json() == {"id": red_id, "ids": [red_id], "label": "red_circle",
+                            "references": 1, "model_version": encoder.version,
                             "index": settings.redis.index}
+        again = server.client.post("/enroll", files=upload(red.read_bytes()),
+                                   data={"label": "red_circle"})
+        assert again.json()["references"] == 1  # the same image again changes nothing
         item = server.client.get(f"/items/{red_id}").json()
         assert item["attributes"]["label"] == "red_circle"
         assert item["attributes"]["site"] == "door"
@@ -225,7 +229,10 @@ def test_enroll_then_recognize_known_and_unknown(base_settings, stack, onnx_mode
         known = server.client.post("/recognize", files=upload(other_red.read_bytes()))
         assert known.status_code == 200, known.text
         assert known.json()["label"] == "red_circle" and known.json()["known"] is True
-        assert known.json()["best"]["id"] == red_id
+        best = known.json()["best"]
+        assert best["label"] == "red_circle" and best["references"] == 1
+        assert best["thumbnail_url"].endswith(f"/items/{red_id}/thumbnail")
+        assert known.json()["gallery_size"] == 1 and known.json()["threshold_reason"]
         unknown = server.client.post("/recognize", files=upload(blue.read_bytes()))
         assert unknown.status_code == 200, unknown.text
         assert unknown.json()["label"] == "unknown" and unknown.json()["known"] is False

@@ -56,9 +56,14 @@ def add_command(subparsers: Any, name: str, handler: Handler, help: str,
         for spec in flag_specs(settings):
             group.add_argument(spec.flag, dest=f"setting:{spec.key}", default=None,
                                metavar=spec.type.__name__.upper(),
-                               help=f"{spec.help} [env {spec.env}]")
+                               help=f"{spec.help} [default: {_default(spec.default)}; env "
+                                    f"{spec.env}]")
     parser.set_defaults(handler=handler)
     return parser
+
+
+def _default(value: Any) -> str:
+    return "(empty)" if value == "" else str(value)
 
 
 def add_group(subparsers: Any, name: str, help: str) -> Any:
