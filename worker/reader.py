@@ -21,6 +21,7 @@ from kafka.structs import OffsetAndMetadata
 from twinstream.settings import WorkerSettings
 from worker.batch import Batch
 from worker.logs import event
+from worker.membership import close_consumer
 from worker.metrics import WorkerMetrics
 from worker.tracker import OffsetTracker
 
@@ -132,7 +133,7 @@ class Reader:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False, timeout_ms=10_000)  # leaves the group at once
+        close_consumer(self.consumer)  # a follower leaves at once, a leader by session timeout
 
     # --- partitions ----------------------------------------------------------------------------
 
