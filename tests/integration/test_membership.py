@@ -95,7 +95,7 @@ def test_pools_restarted_2_1_2_2_each_own_every_partition_within_a_bound(model_s
             waits.append(round(time.monotonic() - started, 1))
         finally:
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=60)
+            _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     print(f"seconds to own every partition, pools of 2, 1, 2, 2: {waits}")
     assert len(waits) == 4

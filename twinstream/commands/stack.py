@@ -8,12 +8,20 @@ from pathlib import Path
 
 from twinstream.cli import add_command
 
+DEFAULT_AOF_DIR = "twinstream-data"
+
 
 def register(subparsers) -> None:
     p = add_command(subparsers, "up", up,
                     "start a local Kafka-protocol broker and Redis 8 until Ctrl-C",
                     settings=("kafka.bootstrap", "redis.url"))
-    p.add_argument("--redis-aof", action="store_true", help="Redis with append-only persistence")
+    p.add_argument("--data-dir", default="", metavar="DIR",
+                   help="keep Redis's append-only file (and the ports) in DIR across restarts, and "
+                        "the broker's topics and offsets on a local S3 stand-in that outlives "
+                        "broker restarts (default: everything in memory, gone on exit)")
+    p.add_argument("--redis-aof", action="store_true",
+                   help=f"Redis with append-only persistence, in --data-dir (default "
+                        f"{DEFAULT_AOF_DIR} when --data-dir is not given)")
 
     p = add_command(subparsers, "demo", demo,
                     "shapes -> train -> export -> stack -> ingest -> workers -> query, end to end",
@@ -23,21 +31,31 @@ def register(subparsers) -> None:
 
 
 def up(args, settings, out) -> int:
-    from twinstream.errors import StackStartError
+    """Until Ctrl-C; a server that dies is restarted on the same port and files (the other one
+    keeps running), with a backoff while its restarts fail."""
     from twinstream.stack import stack_for
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with stack_for(settings, redis_appendonly=args.redis_aof) as stack:
-        out.result({**stack.env(), "workdir": str(stack.workdir)},
-                   stack.export_lines() + "\n# running; Ctrl-C stops both servers")
+    data_dir = args.data_dir or (DEFAULT_AOF_DIR if args.redis_aof else "")
+    with stack_for(settings, data_dir=data_dir or None) as stack:
+        pids = {p.name: p.pid for p in stack.started_services}
+        out.result({**stack.env(), "workdir": str(stack.workdir), "data_dir": data_dir or None,
+                    "broker_storage": stack.broker_storage, "pids": pids},
+                   stack.export_lines() + f"\n# data: {data_dir or 'in memory'}; broker storage: "
+                   f"{stack.broker_storage}\n# running; Ctrl-C stops the servers")
+
+        def on_event(proc, what: str, detail: str) -> None:
+            out.warn(f"{proc.name} {what} ({detail})"
+                     + ("; restarting" if what == "died" else ""))
+            if what == "died" and proc.name == "broker" and stack.s3 is None:
+                out.warn("the broker keeps its topics in memory: they are gone "
+                         "(use --data-dir to keep them across broker restarts)")
+
+        restarter = stack.restarter(on_event)
         while not stop.wait(0.5):
-            for proc in stack.started_services:
-                if not proc.running:  # a server died under us: say so, stop the other one
-                    raise StackStartError(f"{proc.name} exited with code "
-                                          f"{proc.popen.returncode}; log tail:\n"
-                                          f"{proc.log_tail()}")
+            restarter.check()
     out.info("stopped")
     return 0
 
