@@ -156,3 +156,14 @@ def test_interleaved_timing_gives_every_candidate_its_turns():
     medians = interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, rounds=3, warmup=1)
     assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
     assert calls == {"a": 4, "b": 4}
+
+
+def test_int8_reduces_the_weight_range_exactly_when_the_cpu_lacks_vnni():
+    from export.quantize import cpu_has_vnni, reduce_range_for
+
+    avx2_only = "processor : 0\nflags : fpu sse2 avx avx2 fma\n"
+    with_vnni = "processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n"
+    assert not cpu_has_vnni(avx2_only) and cpu_has_vnni(with_vnni)
+    assert cpu_has_vnni("flags : avx2 avx_vnni")  # Alder Lake's AVX-VNNI counts too
+    assert reduce_range_for("on") is True and reduce_range_for("off") is False
+    assert reduce_range_for("auto") is (not cpu_has_vnni())

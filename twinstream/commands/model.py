@@ -33,9 +33,11 @@ def register(subparsers) -> None:
                        default="minmax")
     group.add_argument("--per-tensor", action="store_true",
                        help="one weight scale per tensor instead of per output channel")
-    group.add_argument("--reduce-range", action="store_true",
+    group.add_argument("--reduce-range", choices=("auto", "on", "off"), nargs="?", const="on",
+                       default="auto",
                        help="7-bit weights: avoids int16 saturation on x86 CPUs without VNNI "
-                            "(older than AVX512-VNNI / AVX-VNNI), at some accuracy")
+                            "(older than AVX512-VNNI / AVX-VNNI), at some accuracy; auto: on "
+                            "exactly when this CPU lacks VNNI (default: %(default)s)")
     group.add_argument("--eval", metavar="DIR",
                        help="held-out images, one sub-folder per class, for the one-shot "
                             "accuracy of int8 vs fp32 (default: calibration images not used)")
@@ -85,7 +87,7 @@ def export(args, settings, out) -> None:
 
 def _export_int8(args, fp32_path: Path, target: Path, card, out):
     from export.images import calibration_set, evaluation_set
-    from export.quantize import quantize_int8
+    from export.quantize import quantize_int8, reduce_range_for
 
     source = args.calibration or card.training_data.get("root")
     if not source or not Path(source).exists():
@@ -100,7 +102,8 @@ def _export_int8(args, fp32_path: Path, target: Path, card, out):
     return quantize_int8(fp32_path, target, calibration,
                          held_out.arrays if held_out else None,
                          held_out.labels if held_out else None,
-                         per_channel=not args.per_tensor, reduce_range=args.reduce_range,
+                         per_channel=not args.per_tensor,
+                         reduce_range=reduce_range_for(args.reduce_range),
                          method=args.calibration_method,
                          log=out.info)
 
