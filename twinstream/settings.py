@@ -24,6 +24,7 @@ from twinstream.errors import ConfigError
 ENV_PREFIX = "TWINSTREAM_"
 QUANTIZATIONS = ("q8", "noquant", "bin")
 LOG_FORMATS = ("text", "json")
+DURABILITY_LEVELS = ("auto", "none", "local", "replicas")
 
 
 def setting(default: Any, help: str, flag: str | None = None) -> Any:
@@ -69,6 +70,16 @@ class RedisSettings:
     ef: int = setting(
         0, "Search exploration factor (HNSW EF): higher finds more of the true nearest "
         "neighbours, slower; 0 uses Redis's default (100, or k when larger).", flag="--ef")
+    durability: str = setting(
+        "auto", "What a worker waits for before it commits offsets: none, local (Redis's "
+        "append-only file fsynced: WAITAOF), replicas (also TWINSTREAM_REDIS_MIN_REPLICAS "
+        "replicas: WAIT) or auto (local when Redis has AOF on, else none).")
+    durability_timeout_ms: int = setting(
+        5000, "Longest a worker waits for Redis to confirm a batch durable before it writes "
+        "the batch again and retries (nothing is committed meanwhile).")
+    min_replicas: int = setting(
+        1, "Replicas that must acknowledge a batch when TWINSTREAM_REDIS_DURABILITY is "
+        "replicas.")
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,12 @@ def _validate(settings: Settings) -> None:
     if not 1 <= settings.redis.shards <= 1024:
         raise ConfigError(f"TWINSTREAM_REDIS_SHARDS must be between 1 and 1024, "
                           f"got {settings.redis.shards}")
+    if settings.redis.durability not in DURABILITY_LEVELS:
+        raise ConfigError(f"TWINSTREAM_REDIS_DURABILITY must be one of "
+                          f"{', '.join(DURABILITY_LEVELS)}, got {settings.redis.durability!r}")
+    if settings.redis.durability_timeout_ms <= 0 or settings.redis.min_replicas < 1:
+        raise ConfigError("TWINSTREAM_REDIS_DURABILITY_TIMEOUT_MS and "
+                          "TWINSTREAM_REDIS_MIN_REPLICAS must be positive")
     if not 0 <= settings.redis.ef <= 1_000_000:
         raise ConfigError(f"TWINSTREAM_REDIS_EF must be between 0 and 1000000, "
                           f"got {settings.redis.ef}")

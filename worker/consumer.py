@@ -39,6 +39,7 @@ from twinstream.settings import Settings
 from worker.batch import Batch, Item
 from worker.decoder import Decoder
 from worker.dlq import DeadLetterSender
+from worker.durable import Confirmer, Durable, aof_enabled, resolve_level
 from worker.embedder import Embedder
 from worker.health import Health
 from worker.heartbeat import Heartbeat, heartbeat_key
@@ -144,11 +145,16 @@ class Worker:
                              cfg, self.metrics,
                              on_assignment=lambda: self.heartbeat.beat_soon())
         self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
+        writer = Writer(self.index, DeadLetterSender(self.dlq, settings.kafka.dlq_topic,
+                                                     self.worker_id),
+                        self.encoder.version, self.health, self.metrics, self.give_up)
+        self.durability = resolve_level(self.index.client, settings.redis)
+        self.durable = Durable(self.index, Confirmer(
+            self.index.client, self.durability, settings.redis.durability_timeout_ms,
+            settings.redis.min_replicas, aof=aof_enabled(self.index.client)),
+            writer.rewrite, self.encoder.version, self.health, self.metrics, self.give_up)
         self.pipeline = Pipeline(
-            [self.decoder, Embedder(self.encoder),
-             Writer(self.index, DeadLetterSender(self.dlq, settings.kafka.dlq_topic,
-                                                 self.worker_id),
-                    self.encoder.version, self.health, self.metrics, self.give_up)],
+            [self.decoder, Embedder(self.encoder), writer, self.durable],
             capacity=cfg.max_in_flight, observe=self.metrics.observe_step)
         self.heartbeat = Heartbeat(self.index.client,
                                    heartbeat_key(settings.kafka.group, self.worker_id),
@@ -307,7 +313,7 @@ class Worker:
                 "index": self.index.info.name, "version": self.index.info.version,
                 "mode": "reindex" if self.reindex else "live",
                 "partitions": [tp.partition for tp in self.reader.assigned],
-                "health": self.health.snapshot(), "records": self.stats.to_dict(),
+                "durability": self.durability, "health": self.health.snapshot(), "records": self.stats.to_dict(),
                 "started_at": self.started_at, "seen_at": time.time()}
 
     def _check_still_live(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 from kafka.errors import KafkaError
@@ -70,7 +71,12 @@ class Writer:
             event(log, "gave up writing a batch; it will be re-delivered", logging.WARNING,
                   batch=batch.seq, records=len(batch.items))
             return
+        batch.written_at = time.monotonic()  # a durability wait after this covers it
         batch.written = True
+
+    def rewrite(self, batch: Batch) -> None:
+        """The batch's index operations again (idempotent), after Redis may have lost them."""
+        self._apply(index_operations(batch.items, self.model_version))
 
     def _apply(self, ops: list[Upsert | Delete]) -> None:
         upserts = [op for op in ops if isinstance(op, Upsert)]
