@@ -111,6 +111,11 @@ class WorkerSettings:
     max_in_flight: int = setting(
         3, "Batches a worker holds between polling and committing (decoding, embedding, "
         "writing); bounds its memory and its replay after a crash.")
+    max_awaiting_durability: int = setting(
+        9, "Batches written and waiting for Redis to confirm them durable, on top of "
+        "max_in_flight (only when TWINSTREAM_REDIS_DURABILITY waits): with appendfsync everysec a "
+        "confirmation takes up to a second, and these keep the worker writing meanwhile "
+        "(measured: 3 batches in all gave 0.28x the throughput of no waiting, 12 gave 1.02x).")
     max_image_pixels: int = setting(
         40_000_000, "Largest image (width x height) a worker decodes; larger ones are dead "
         "letters, which guards against decompression bombs (also Pillow's own limit).")
@@ -131,6 +136,10 @@ class WorkerSettings:
         "uses port + i); 0: off.", flag="--metrics-port")
     log_format: str = setting("text", "Worker log lines: text or json (one object a line).",
                               flag="--log-format")
+    unassigned_alarm_s: float = setting(
+        120.0, "A worker that owns no partition for this long reports itself degraded in "
+        "/health and `twinstream status` (more workers than partitions, or a group that does "
+        "not assign).")
 
 
 @dataclass(frozen=True)
@@ -260,9 +269,11 @@ def _validate(settings: Settings) -> None:
         "TWINSTREAM_WORKER_BATCH": settings.worker.batch,
         "TWINSTREAM_WORKER_DECODE_THREADS": settings.worker.decode_threads,
         "TWINSTREAM_WORKER_MAX_IN_FLIGHT": settings.worker.max_in_flight,
+        "TWINSTREAM_WORKER_MAX_AWAITING_DURABILITY": settings.worker.max_awaiting_durability,
         "TWINSTREAM_WORKER_MAX_IMAGE_PIXELS": settings.worker.max_image_pixels,
         "TWINSTREAM_WORKER_MAX_IMAGE_BYTES": settings.worker.max_image_bytes,
         "TWINSTREAM_WORKER_SHUTDOWN_TIMEOUT_S": settings.worker.shutdown_timeout_s,
+        "TWINSTREAM_WORKER_UNASSIGNED_ALARM_S": settings.worker.unassigned_alarm_s,
     }
     for name, value in positive.items():
         if value <= 0:

@@ -41,6 +41,7 @@ from worker.health import Health
 from worker.logs import event
 from worker.metrics import WorkerMetrics
 from worker.retry import Backoff, GaveUp, retry
+from worker.writer import redis_is_transient
 
 log = logging.getLogger("twinstream.worker")
 
@@ -128,22 +129,22 @@ class Confirmer:
 
 
 def check_present(index: VectorIndex, ops: list[Upsert | Delete]) -> None:
-    """Every upserted id is in the index and every deleted one is not (one round trip)."""
-    if not ops:
-        return
+    """The index is still there, every upserted id is in it and every deleted one is not (one
+    round trip)."""
     pipe = index.client.pipeline(transaction=False)
+    pipe.exists(layout.meta_key(index.info.name, index.info.version))
     for op in ops:
         pipe.execute_command("VISMEMBER", index.keys[layout.shard_of(op.id, len(index.keys))],
                              op.id)
-    missing = [op.id for op, there in zip(ops, pipe.execute(), strict=True)
-               if bool(there) != isinstance(op, Upsert)]
+    meta, *there = pipe.execute()
+    if not meta:
+        raise NotDurable(f"index {index.info.name!r} vanished from Redis after the batch was "
+                         "written; not committing it")
+    missing = [op.id for op, present in zip(ops, there, strict=True)
+               if bool(present) != isinstance(op, Upsert)]
     if missing:
         raise NotDurable(f"{len(missing)} ids of the batch are not as written (Redis restarted "
                          f"and lost them?), e.g. {missing[0]!r}")
-
-
-def is_transient(exc: Exception) -> bool:
-    return isinstance(exc, (ServiceUnavailable, redis.ConnectionError, redis.TimeoutError))
 
 
 class Durable:
@@ -176,7 +177,7 @@ class Durable:
             check_present(self.index, ops)
 
         try:
-            retry(confirm, is_transient, self.give_up, self.backoff, self._failed)
+            retry(confirm, redis_is_transient, self.give_up, self.backoff, self._failed)
         except GaveUp:
             batch.written = False  # not committed: re-delivered
             event(log, "gave up confirming a batch durable; it will be re-delivered",

@@ -43,6 +43,16 @@ class WorkerMetrics:
                            "Seconds since this worker last committed offsets.", registry=r)
         commit_age.set_function(lambda: time.monotonic() - self._last_commit)
 
+    def track_uncommitted(self, in_flight, written) -> None:
+        """Gauges read at scrape time: records read but not written, written but not
+        committed (what a crash now would make the group re-deliver)."""
+        gauge = Gauge("twinstream_worker_uncommitted_records",
+                      "Records not committed yet: in_flight (read, not yet written) or written "
+                      "(in Redis or the dead-letter topic, offset not committed yet).",
+                      ["state"], registry=self.registry)
+        gauge.labels("in_flight").set_function(in_flight)
+        gauge.labels("written").set_function(written)
+
     def committed(self) -> None:
         self._last_commit = time.monotonic()
 

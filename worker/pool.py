@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from twinstream.errors import TwinstreamError
 from twinstream.settings import Settings
+from twinstream.supervise import die_with_parent
 from worker.logs import configure, event
 
 log = logging.getLogger("twinstream.worker")
@@ -57,7 +58,15 @@ def run_worker(settings: Settings, idle_exit_s: float | None = None, reindex: bo
     return worker.run(idle_exit_s).to_dict()
 
 
-def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results) -> None:
+def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results,
+           parent_pid: int | None = None) -> None:
+    # Die with the pool: a SIGKILLed parent must not leave its children consuming as orphans
+    # (a supervisor restarting the pool would double the consumers). SIGTERM, so the child still
+    # writes and commits what it holds. The parent may already be gone by now: check.
+    if parent_pid is not None:
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            raise SystemExit(0)
     # A terminal's Ctrl-C reaches the whole process group; the parent turns it into one SIGTERM
     # per child, so a child that also took the SIGINT would count two signals and hurry.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -98,7 +107,8 @@ class WorkerPool:
     def _spawn(self, slot: _Slot) -> None:
         s = child_settings(self.settings, slot.index, self.processes)
         slot.process = self._ctx.Process(
-            target=_child, args=(s, self.idle_exit_s, self.reindex, self.quiet, self._results),
+            target=_child, args=(s, self.idle_exit_s, self.reindex, self.quiet, self._results,
+                                 os.getpid()),
             name=f"twinstream-worker-{slot.index}")
         slot.process.start()
         slot.started = time.monotonic()
@@ -144,13 +154,15 @@ class WorkerPool:
             code = slot.process.exitcode
             slot.process.join()
             slot.process = None
-            if self.stopping or code == 0:
+            if code in FATAL_EXIT_CODES:
                 slot.done = True
-                self.exit_code = max(self.exit_code, abs(code or 0))
-            elif code in FATAL_EXIT_CODES:
-                slot.done = True
-                self.exit_code = code
+                self.exit_code = self.exit_code if self.exit_code in FATAL_EXIT_CODES else code
                 self.stop()
+            elif self.stopping or code == 0:
+                slot.done = True
+                # A child that the pool itself stopped after a fatal exit does not hide it.
+                if self.exit_code not in FATAL_EXIT_CODES:
+                    self.exit_code = max(self.exit_code, abs(code or 0))
             else:
                 slot.crashes = 1 if now - slot.started > HEALTHY_RUN_S else slot.crashes + 1
                 delay = min(RESTART_CAP_S, RESTART_FIRST_S * 2 ** (slot.crashes - 1))

@@ -48,6 +48,9 @@ class Reader:
         self._read_upto: dict[TopicPartition, int] = {}
         # Last record (or assignment): idle time counts from there, not from before the join.
         self.last_record: float | None = None
+        # Since when this consumer owns no partition (None while it owns some): a group that
+        # never assigns (a wedged broker group) shows here, in /health and in `status`.
+        self.unassigned_since: float | None = time.monotonic()
 
     def subscribe(self, topic: str, before_revoke: Callable[[], None]) -> None:
         """``before_revoke`` runs when partitions are about to move: finish what is in flight."""
@@ -152,6 +155,7 @@ class Reader:
         self.tracker.reset()
         self.metrics.lag.clear()
         self.assigned = []
+        self.unassigned_since = self.unassigned_since or time.monotonic()
         self.on_assignment()
 
     def _assigned(self, assigned) -> None:
@@ -160,6 +164,8 @@ class Reader:
         self._read_upto.clear()
         self.assigned = sorted(assigned)
         self.last_record = time.monotonic()
+        self.unassigned_since = None if self.assigned else (self.unassigned_since
+                                                            or time.monotonic())
         event(log, "partitions assigned",
               partitions=",".join(str(tp.partition) for tp in self.assigned) or "none")
         self.on_assignment()

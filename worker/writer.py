@@ -16,6 +16,7 @@ import time
 import redis
 from kafka.errors import KafkaError
 
+from index import layout
 from index.connection import TRANSIENT_REPLIES
 from index.store import VectorIndex
 from twinstream.errors import ServiceUnavailable
@@ -37,6 +38,11 @@ def redis_is_transient(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
 
 
+class IndexVanished(ServiceUnavailable):
+    """The index's alias or metadata is gone (FLUSHALL, a restart without persistence, a
+    failover to an empty replica): writes wait, nothing is committed, health says why."""
+
+
 def kafka_is_transient(exc: Exception) -> bool:
     return isinstance(exc, KafkaError)
 
@@ -46,7 +52,7 @@ class Writer:
 
     def __init__(self, index: VectorIndex, dead_letters: DeadLetterSender, model_version: str,
                  health: Health, metrics: WorkerMetrics, give_up: threading.Event,
-                 backoff: Backoff = Backoff()):
+                 backoff: Backoff = Backoff(), index_gone: threading.Event | None = None):
         self.index = index
         self.dead_letters = dead_letters
         self.model_version = model_version
@@ -54,6 +60,7 @@ class Writer:
         self.metrics = metrics
         self.give_up = give_up
         self.backoff = backoff
+        self.index_gone = index_gone or threading.Event()  # set by the worker's liveness check
 
     def __call__(self, batch: Batch) -> None:
         ops = index_operations(batch.items, self.model_version)
@@ -79,6 +86,14 @@ class Writer:
         self._apply(index_operations(batch.items, self.model_version))
 
     def _apply(self, ops: list[Upsert | Delete]) -> None:
+        # Never write into a vector set nothing points to: after a FLUSHALL the first VADD
+        # would quietly create an orphan (one EXISTS a batch; the liveness check sees the alias).
+        info = self.index.info
+        if self.index_gone.is_set() or not self.index.client.exists(
+                layout.meta_key(info.name, info.version)):
+            self.index_gone.set()
+            raise IndexVanished(f"index {info.name!r} version {info.version} vanished from "
+                                "Redis (alias or metadata gone); holding the batch")
         upserts = [op for op in ops if isinstance(op, Upsert)]
         deletes = [op.id for op in ops if isinstance(op, Delete)]
         # Thumbnail first: an element is never visible without its picture.
