@@ -86,7 +86,7 @@ def test_a_vanished_index_holds_writes_and_reports_degraded(model_settings, tmp_
 def test_a_worker_without_partitions_for_too_long_is_reported(model_settings):
     s = fast(model_settings, unassigned_alarm_s=4.0)
     s = replace(s, kafka=replace(s.kafka, partitions=1))  # two workers, one partition
-    with ThreadWorker(s) as a, ThreadWorker(s) as b:
+    with ThreadWorker(s, worker_id="spare-a") as a, ThreadWorker(s, worker_id="spare-b") as b:
         idle = wait_until(lambda: next((w for w in (a, b) if not w.worker.reader.assigned
                                         and (w.worker.reader.unassigned_since or 1e18)
                                         < time.monotonic() - 5), None), 60,
@@ -97,7 +97,9 @@ def test_a_worker_without_partitions_for_too_long_is_reported(model_settings):
         status = wait_until(lambda: (st := json.loads(run_cli(s, "status", "--json").stdout))
                             and any("assignment" in w["health"]["failing"]
                                     for w in st["workers"]) and st, 20,
-                            "status showing the worker without partitions")
+                            "status showing the worker without partitions: "
+                            + run_cli(s, "status", "--json").stdout[:1500])
         assert any(w["unassigned_for_s"] > 4 for w in status["workers"])
-        assert "none for" in run_cli(s, "status").stdout
+        text = run_cli(s, "status").stdout
+        assert "none for" in text, text
     assert a.error is None and b.error is None
