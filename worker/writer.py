@@ -17,7 +17,7 @@ import redis
 from kafka.errors import KafkaError
 
 from index import layout
-from index.connection import TRANSIENT_REPLIES
+from index.connection import TRANSIENT_ERRORS, TRANSIENT_REPLIES
 from index.store import VectorIndex
 from twinstream.errors import ServiceUnavailable
 from worker.batch import Batch, Delete, Upsert, index_operations
@@ -35,7 +35,8 @@ def redis_is_transient(exc: Exception) -> bool:
     ServiceUnavailable; raw redis-py errors can still come from calls it does not wrap."""
     if isinstance(exc, (ServiceUnavailable, redis.ConnectionError, redis.TimeoutError)):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
+    return isinstance(exc, TRANSIENT_ERRORS) or (
+        isinstance(exc, redis.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES))
 
 
 class IndexVanished(ServiceUnavailable):
