@@ -41,6 +41,7 @@ from index.store import VectorIndex, connect  # noqa: E402
 from twinstream.messages import ImageMessage, content_id  # noqa: E402
 from twinstream.settings import child_env, load_settings  # noqa: E402
 from twinstream.stack import LocalStack, with_services  # noqa: E402
+from twinstream.supervise import die_with_parent  # noqa: E402
 from worker.kafka_io import ensure_topics, make_admin, make_producer  # noqa: E402
 from worker.topics import group_offsets, read_all  # noqa: E402
 
@@ -119,10 +120,12 @@ class Publisher(threading.Thread):
 
 
 def worker(settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "twinstream", "worker", "-q"],
+    """A ``twinstream worker`` in its own process group that dies with this script."""
+    return subprocess.Popen([sys.executable, "-m", "twinstream", "worker", "-q",
+                             "--processes", "1"],
                             env=child_env(settings, os.environ), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: die_with_parent())
 
 
 def indexed(settings) -> int:
@@ -137,8 +140,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=250, help="records published per second")
     parser.add_argument("--bad-every", type=int, default=50, help="one hostile record in N")
-    parser.add_argument("--kill-every", type=float, default=6.0, help="mean seconds between "
-                        "worker SIGKILLs")
+    parser.add_argument("--kill-every", type=float, default=15.0,
+                        help="mean seconds between worker SIGKILLs (a killed worker's partitions "
+                             "move after the 6 s session timeout)")
+    parser.add_argument("--faults", default="workers,redis,broker",
+                        help="which faults to inject (comma-separated subset)")
     parser.add_argument("--drain-timeout", type=float, default=600)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS))
@@ -171,14 +177,27 @@ def soak(stack, model: Path, items, good: set[str], bad: set[str], args) -> dict
                 worker=replace(s.worker, shutdown_timeout_s=10.0))
     ensure_topics(s.kafka)
     workers = [worker(s), worker(s)]
+    try:
+        return _run(s, stack, workers, items, good, bad, args)
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _run(s, stack, workers, items, good: set[str], bad: set[str], args) -> dict:
     publisher = Publisher(s, items, args.rate)
     started = time.monotonic()
     publisher.start()
     publish_s = len(items) / args.rate
     faults: list[dict] = []
+    next_log = started
     pending: list[dict] = []  # faults whose drain is not measured yet
-    redis_at, broker_at = 0.4 * publish_s, 0.7 * publish_s
-    next_kill = started + random.expovariate(1 / args.kill_every)
+    chosen = set(args.faults.split(","))
+    redis_at = 0.4 * publish_s if "redis" in chosen else 0
+    broker_at = 0.7 * publish_s if "broker" in chosen else 0
+    next_kill = started + random.expovariate(1 / args.kill_every) if "workers" in chosen \
+        else float("inf")
     kills = 0
 
     def fault(kind: str) -> dict:
@@ -197,23 +216,27 @@ def soak(stack, model: Path, items, good: set[str], bad: set[str], args) -> dict
             os.killpg(workers[victim].pid, signal.SIGKILL)
             workers[victim].wait(10)
             kills += 1
-            fault(f"worker {victim} SIGKILL")
+            log(fault(f"worker {victim} SIGKILL")["fault"])
             time.sleep(1.0)
             workers[victim] = worker(s)
             next_kill = time.monotonic() + random.expovariate(1 / args.kill_every)
         elif redis_at and now - started >= redis_at:
             redis_at = 0
-            fault("Redis SIGKILL (AOF everysec), restart on its files")
+            log(fault("Redis SIGKILL (AOF everysec), restart on its files")["fault"])
             stack.redis.kill()
             time.sleep(3)
             stack.redis.start()
         elif broker_at and now - started >= broker_at:
             broker_at = 0
-            fault("broker SIGKILL, restart on its S3 storage")
+            log(fault("broker SIGKILL, restart on its S3 storage")["fault"])
             stack.broker.kill()
             time.sleep(5)
             stack.broker.start()
         count = indexed(s)
+        if now >= next_log:
+            log(f"published {publisher.done:,}/{len(items):,}, indexed {count:,}, "
+                f"faults {len(faults)} ({len(pending)} draining)")
+            next_log = now + 10
         for entry in list(pending):
             if count >= entry["good_before"]:
                 entry["drain_s"] = round(time.monotonic() - started - entry["at_s"], 1)
