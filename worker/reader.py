@@ -102,13 +102,23 @@ class Reader:
         """A batch is in Redis and in the dead-letter topic: its records may be committed."""
         self.tracker.finished(batch.records, batch.generation)
 
-    def commit(self, force: bool = False) -> None:
-        """Commit the positions that moved (at most every ``commit_interval_ms`` unless forced)."""
+    def commit(self, force: bool = False, wait: bool = True) -> None:
+        """Commit the positions that moved (at most every ``commit_interval_ms`` unless forced).
+
+        ``wait=False`` from rebalance callbacks: kafka-python 3 runs them on its network thread,
+        where a blocking commit raises (and took the worker down as soon as a revocation found
+        written-but-uncommitted records). The request still goes out before the JoinGroup or
+        LeaveGroup that follows on the same connection; if it fails, the next owner replays."""
         offsets = self.tracker.to_commit()
         if not offsets:
             return
         now = time.monotonic()
         if not force and now - self._last_commit < self.cfg.commit_interval_ms / 1000:
+            return
+        if not wait:
+            self.consumer.commit_async({tp: OffsetAndMetadata(pos, "", -1)
+                                        for tp, pos in offsets.items()},
+                                       callback=self._async_commit_done)
             return
         try:
             self.consumer.commit({tp: OffsetAndMetadata(pos, "", -1)
@@ -122,6 +132,11 @@ class Reader:
         self.tracker.committed(offsets)
         self._last_commit = now
         self.metrics.committed()
+
+    def _async_commit_done(self, _offsets, response) -> None:
+        if isinstance(response, Exception):
+            event(log, "commit at a rebalance failed; records will be re-delivered",
+                  logging.WARNING, error=str(response)[:200])
 
     def report_lag(self) -> None:
         """Records after the committed position, per assigned partition (at most once a second)."""
@@ -151,7 +166,7 @@ class Reader:
 
     def _revoked(self) -> None:
         self._pending = []  # polled but not started: the next owner reads them again
-        self.commit(force=True)
+        self.commit(force=True, wait=False)  # on kafka-python's network thread: no blocking
         self.tracker.reset()
         self.metrics.lag.clear()
         self.assigned = []
