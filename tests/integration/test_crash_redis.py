@@ -59,6 +59,9 @@ def test_redis_sigkilled_mid_stream_with_aof_everysec_loses_nothing_committed(mo
                    "the worker up", interval_s=0.2)
         publisher.start()
         wait_until(lambda: count(s) >= 100, 90, "images flowing into Redis")
+        # Commits follow the fsync confirmation (up to a second): let some land, so that the
+        # check after the restart has committed ids to look at.
+        wait_until(lambda: sum(committed(s).values()) >= 60, 30, "records committed")
         in_flight = wait_until(lambda: metric(port, "twinstream_worker_in_flight_batches"), 10,
                                "batches in flight in the worker", interval_s=0.01)
         indexed_at_kill = count(s)
