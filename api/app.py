@@ -18,10 +18,26 @@ from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import blocking, router
 from api.service import SearchService
 from twinstream import __version__
+from twinstream.errors import ConfigError
 from twinstream.runtime import Encoder
-from twinstream.settings import Settings
+from twinstream.settings import ApiSettings, Settings
 
 STATIC = Path(__file__).parent / "static"
+
+
+def api_token(settings: ApiSettings) -> str:
+    """The bearer token write endpoints need: the setting, else the first line of the token
+    file (a Docker or Kubernetes secret); empty: no token."""
+    if settings.token or not settings.token_file:
+        return settings.token
+    try:
+        token = Path(settings.token_file).read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the API token file {settings.token_file}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    if not token or not token[0].strip():
+        raise ConfigError(f"the API token file {settings.token_file} is empty")
+    return token[0].strip()
 
 
 def create_app(settings: Settings, encoder: Encoder | None = None) -> FastAPI:
@@ -50,6 +66,7 @@ def create_app(settings: Settings, encoder: Encoder | None = None) -> FastAPI:
                     "index. Write endpoints need `Authorization: Bearer <token>` when the "
                     "server has TWINSTREAM_API_TOKEN set.")
     app.state.service = service
+    app.state.token = api_token(settings.api)
     install_error_handlers(app)
     app.include_router(router)
     _add_operational_routes(app, service, metrics)

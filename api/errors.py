@@ -28,6 +28,7 @@ from twinstream.errors import (
     ServiceUnavailable,
     TwinstreamError,
 )
+from twinstream.fields import printable
 
 log = logging.getLogger("twinstream.api")
 
@@ -45,10 +46,24 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, detail: Any = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": _code(status), "message": message, "status": status}
+    body: dict[str, Any] = {"error": _code(status), "message": _printable(message),
+                            "status": status}
     if detail is not None:
-        body["detail"] = detail
+        body["detail"] = _printable(detail)
     return body
+
+
+def _printable(value: Any) -> Any:
+    """Error bodies echo what the client sent (field names, ids): escape what could not be
+    encoded as UTF-8 (a lone surrogate made the response itself fail and the connection drop)
+    or would move a terminal's cursor."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
 
 
 def error_response(status: int, message: str, detail: Any = None,
@@ -113,6 +128,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _kafka_error(_request: Request, exc: KafkaError) -> JSONResponse:
         log.warning("kafka error: %s", exc)
         return error_response(503, f"Kafka is unavailable: {type(exc).__name__}")
+
+    @app.exception_handler(UnicodeDecodeError)
+    async def _not_utf8(_request: Request, exc: UnicodeDecodeError) -> JSONResponse:
+        return error_response(400, "the request holds text that is not UTF-8")
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_request: Request, exc: RecursionError) -> JSONResponse:
+        return error_response(400, "the request body is nested too deeply")
 
     @app.exception_handler(Exception)
     async def _bug(_request: Request, exc: Exception) -> JSONResponse:

@@ -57,8 +57,9 @@ def service(request: Request) -> SearchService:
 
 def require_token(request: Request,
                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-    """Write endpoints need ``Authorization: Bearer <TWINSTREAM_API_TOKEN>`` when one is set."""
-    token = request.app.state.service.settings.api.token
+    """Write endpoints need ``Authorization: Bearer <token>`` when the server has one
+    (``TWINSTREAM_API_TOKEN`` or the file ``--token-file`` names)."""
+    token = request.app.state.token
     if not token:
         return
     given = credentials.credentials if credentials else ""
@@ -136,8 +137,10 @@ async def search(request: Request) -> Response:
 async def _json_body(request: Request) -> Any:
     try:
         return await request.json()
+    except RecursionError as exc:
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"body is not valid JSON: {str(exc)[:200]}") from exc
 
 
 def _validated(model, data: Any):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import socket
@@ -45,6 +46,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def serve(settings: Settings, out: Output) -> int:
     import uvicorn
 
@@ -64,6 +72,9 @@ def serve(settings: Settings, out: Output) -> int:
                  "verify and enroll answer 503; search by vector or id works")
     app = create_app(settings, encoder)
     host, port = settings.api.host, settings.api.port
+    if not app.state.token and not _is_loopback(host):
+        out.warn(f"listening on {host} without a token: anyone who reaches it can ingest, "
+                 "enroll and delete; set --token-file FILE (or TWINSTREAM_API_TOKEN)")
     sock = bind(host, port)
     level = logging.WARNING if out.quiet or out.json_mode else logging.INFO
     config = uvicorn.Config(app, log_level=level, access_log=level <= logging.INFO,

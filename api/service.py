@@ -7,7 +7,6 @@ so it can be exercised directly and the routes stay thin.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import redis
-from PIL import Image
 
+from api.budget import DecodeBudget
 from api.errors import ApiError
 from api.images import decode_upload
 from api.metrics import ApiMetrics
@@ -24,7 +23,9 @@ from index.filters import parse_filter
 from index.recognition import enroll, recognize, resolve_threshold, verify
 from index.store import Hit, VectorIndex, connect
 from twinstream.errors import InputError, NotFoundError, ServiceUnavailable
-from twinstream.messages import ImageMessage, check_id, content_id, now_ms
+from twinstream.fields import check_id, check_label, parse_attributes, quote
+from twinstream.messages import ImageMessage, content_id, now_ms
+from twinstream.preprocess import header_pixels, image_to_array
 from twinstream.runtime import Encoder
 from twinstream.settings import Settings
 from twinstream.thumbnails import make_thumbnail
@@ -33,8 +34,16 @@ from twinstream.thumbnails import make_thumbnail
 INDEX_CACHE_S = 1.0
 # Kafka's request limit (worker.kafka_io.MAX_REQUEST_BYTES) less room for headers.
 MAX_INLINE_BYTES = 4 * 1024 * 1024 - 64 * 1024
-MAX_ATTRIBUTES_BYTES = 16 * 1024
 PUBLISH_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Upload:
+    """What a request needs of an uploaded image, made while the decode budget is held: the
+    encoder input and, on request, the thumbnail (the full decoded picture is not kept)."""
+
+    array: np.ndarray | None
+    thumbnail: bytes | None = None
 
 
 @dataclass
@@ -54,6 +63,8 @@ class SearchService:
         self._redis: redis.Redis | None = None
         self._producer = None
         self._index: tuple[float, VectorIndex] | None = None
+        self.budget = DecodeBudget(settings.api.decode_concurrency,
+                                   settings.api.decode_pixel_budget)
         if encoder is not None:
             self.metrics.model.labels(encoder.version).set(1)
 
@@ -143,11 +154,21 @@ class SearchService:
 
     # --- embedding -------------------------------------------------------------------------------
 
-    def decode(self, data: bytes, field: str = "image") -> Image.Image:
-        return decode_upload(data, self.settings.worker.max_image_pixels, field)
+    def prepare(self, data: bytes, field: str = "image", *, embed: bool = True,
+                thumbnail: bool = False) -> Upload:
+        """Decode an upload within the decode budget (503 when it is full) into what the
+        request needs; ``embed`` False only checks that it decodes."""
+        spec = self.require_encoder().card.preprocessing if embed else None
+        with self.budget.admit(header_pixels(data)):
+            image = decode_upload(data, self.settings.worker.max_image_pixels, field)
+            try:
+                return Upload(image_to_array(image, spec) if spec else None,
+                              make_thumbnail(image) if thumbnail else None)
+            finally:
+                image.close()
 
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
-        return self.require_encoder().embed_images(images)
+    def embed(self, uploads: list[Upload]) -> np.ndarray:
+        return self.require_encoder().embed_arrays(np.stack([u.array for u in uploads]))
 
     def _timed(self, stage: str, timings: dict[str, float], fn, *args):
         started = time.perf_counter()
@@ -159,7 +180,8 @@ class SearchService:
 
     def embed_upload(self, data: bytes, timings: dict[str, float]) -> np.ndarray:
         self.require_encoder()
-        return self._timed("decode_embed", timings, lambda: self.embed([self.decode(data)])[0])
+        return self._timed("decode_embed", timings,
+                           lambda: self.embed([self.prepare(data)])[0])
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -191,24 +213,27 @@ class SearchService:
     def search_like(self, image_id: str, k: int, filter: str | None) -> SearchResult:
         """More like an item already indexed (its stored vector is the query)."""
         timings: dict[str, float] = {}
+        self.check_id(image_id)
         index = self.live_index()
         vector = index.vector(image_id)
         if vector is None:
-            raise ApiError(404, f"no item {image_id!r} in index {index.info.name!r}")
+            raise ApiError(404, f"no item {quote(image_id)} in index {index.info.name!r}")
         return SearchResult(self._query(index, vector, k, filter, timings), index, timings)
 
     def item(self, image_id: str, with_vector: bool = False) -> tuple[VectorIndex, dict, Any]:
+        self.check_id(image_id)
         index = self.live_index()
         attrs = index.attributes(image_id)
         if attrs is None:
-            raise ApiError(404, f"no item {image_id!r} in index {index.info.name!r}")
+            raise ApiError(404, f"no item {quote(image_id)} in index {index.info.name!r}")
         vector = index.vector(image_id) if with_vector else None
         return index, attrs, vector
 
     def thumbnail(self, image_id: str) -> bytes:
+        self.check_id(image_id)
         jpeg = self.live_index().thumbnail(image_id)
         if jpeg is None:
-            raise ApiError(404, f"no thumbnail for item {image_id!r}")
+            raise ApiError(404, f"no thumbnail for item {quote(image_id)}")
         return jpeg
 
     def recognize(self, data: bytes, k: int, threshold: float | None):
@@ -220,8 +245,7 @@ class SearchService:
 
     def verify(self, a: bytes, b: bytes, threshold: float | None):
         encoder = self.require_encoder()
-        images = [self.decode(a, "a"), self.decode(b, "b")]
-        va, vb = self.embed(images)
+        va, vb = self.embed([self.prepare(a, "a"), self.prepare(b, "b")])
         return verify(va, vb, resolve_threshold(encoder.card.threshold, threshold))
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -254,39 +278,40 @@ class SearchService:
 
     @staticmethod
     def parse_attributes(text: str | None, label: str | None) -> dict[str, Any]:
-        attrs: dict[str, Any] = {}
-        if text:
-            if len(text.encode()) > MAX_ATTRIBUTES_BYTES:
-                raise ApiError(422, f"attributes larger than {MAX_ATTRIBUTES_BYTES} bytes")
-            try:
-                attrs = json.loads(text)
-            except ValueError as exc:
-                raise ApiError(422, f"attributes is not JSON: {exc}",
-                               [{"field": "attributes", "message": "not JSON"}]) from None
-            if not isinstance(attrs, dict):
-                raise ApiError(422, "attributes must be a JSON object",
-                               [{"field": "attributes", "message": "not an object"}])
+        """Form fields ``attributes`` (a JSON object) and ``label``, checked like a record's."""
+        try:
+            attrs = parse_attributes(text)
+        except InputError as exc:
+            raise ApiError(422, f"attributes: {exc.message}",
+                           [{"field": "attributes", "message": exc.message}]) from exc
         if label is not None and label.strip():
-            attrs["label"] = label.strip()
+            attrs["label"] = SearchService.check_label(label)
         return attrs
+
+    @staticmethod
+    def check_label(label: str) -> str:
+        try:
+            return check_label(label)
+        except InputError as exc:
+            raise ApiError(422, f"label: {exc.message}",
+                           [{"field": "label", "message": exc.message}]) from exc
 
     @staticmethod
     def check_id(image_id: str) -> str:
         try:
-            check_id(image_id)
+            return check_id(image_id)
         except InputError as exc:
             raise ApiError(422, f"id: {exc.message}",
-                           [{"field": "id", "message": exc.message}]) from None
-        return image_id
+                           [{"field": "id", "message": exc.message}]) from exc
 
     def enroll(self, data: bytes, label: str, image_id: str | None,
                attributes: dict[str, Any]) -> tuple[str, VectorIndex]:
         encoder = self.require_encoder()
-        if not label.strip():
-            raise ApiError(422, "label must not be empty",
-                           [{"field": "label", "message": "empty"}])
-        image = self.decode(data)
-        vector = self.embed([image])[0]
+        label = self.check_label(label)
+        if image_id is not None:
+            self.check_id(image_id)
+        upload = self.prepare(data, thumbnail=True)
+        vector = self.embed([upload])[0]
         image_id = self.check_id(image_id or content_id(data))
         client = self.redis()
         live = VectorIndex.live_version(client, self.settings.redis.index)
@@ -294,7 +319,7 @@ class SearchService:
             raise ApiError(409, f"index {self.settings.redis.index!r} is live at model version "
                                 f"{live}; this server's model is {encoder.version}")
         index = VectorIndex.for_settings(client, self.settings.redis, encoder.card)
-        index.put_thumbnails({image_id: make_thumbnail(image)})
+        index.put_thumbnails({image_id: upload.thumbnail})
         enroll(index, image_id, vector, label, attributes)
         return image_id, index
 
@@ -308,7 +333,7 @@ class SearchService:
                 raise ApiError(413, f"image is {len(data):,} bytes; at most "
                                     f"{MAX_INLINE_BYTES:,} can be published inline (use "
                                     "'twinstream ingest' with a shared volume for larger ones)")
-            self.decode(data)  # refuse now what a worker would only dead-letter later
+            self.prepare(data, embed=False)  # refuse now what a worker would dead-letter later
             messages.append(ImageMessage(
                 id=self.check_id(image_id or content_id(data)), data=data,
                 content_type=content_type, attributes={"source": "api", **attributes},

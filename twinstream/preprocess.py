@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from twinstream.errors import ImageDecodeError
+from twinstream.fields import printable
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -104,6 +105,16 @@ def _formats() -> tuple[str, ...]:
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
+def header_pixels(data: bytes) -> int:
+    """Width x height read from the image header, without decoding it; 0 when the bytes are not
+    a supported image (``decode_image`` then says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_formats()) as img:
+            return int(img.width) * int(img.height)
+    except Exception:  # any header Pillow cannot read
+        return 0
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode bytes into an upright RGB, RGBA or L image (first frame, EXIF rotation applied)."""
     if not data:
@@ -111,9 +122,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     try:
         img = Image.open(io.BytesIO(data), formats=_formats())
     except UnidentifiedImageError:
+        # Never quote the bytes: by-reference records can point at files that are not images
+        # (/etc/passwd), and this message travels to dead letters and logs.
         raise ImageDecodeError(
-            f"not an image of a supported format ({len(data)} bytes starting "
-            f"{data[:8]!r}; supported: {', '.join(_formats())})") from None
+            f"not an image of a supported format ({len(data):,} bytes; supported: "
+            f"{', '.join(_formats())})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
     except Exception as exc:  # Pillow raises many types for broken headers
@@ -145,7 +158,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 def _short(exc: BaseException) -> str:
     """An exception as one short line (Pillow messages can embed whole chunks of data)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = printable(" ".join(str(exc).split())) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from twinstream.errors import ModelError
-from twinstream.modelcard import PREFIX, ModelCard, content_version
+from twinstream.modelcard import PREFIX, ModelCard, content_version, verify_version
 from twinstream.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, image_to_array, preprocess_many
 
 INPUT_NAME = "images"
@@ -77,7 +77,10 @@ class Encoder:
         props = self.session.get_modelmeta().custom_metadata_map
         if card is None and fallback is not None and PREFIX + "embedding_dim" not in props:
             card = self._card_from_graph(fallback)
-        self.card = card or ModelCard.from_metadata(props, source=str(path))
+        if card is None:
+            card = ModelCard.from_metadata(props, source=str(path))
+            verify_version(card, path.read_bytes(), source=str(path))
+        self.card = card
         self._check_shapes()
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,8 +124,14 @@ class WorkerSettings:
         20_000_000, "Largest encoded image a worker accepts, inline or by `uri`; larger records "
         "are dead letters.")
     uri_roots: str = setting(
-        "", "Folders (separated by ':') that a record's `uri` may point into; empty: any "
-        "absolute local path. Set it to the shared volume in production.")
+        "", "Absolute folders (separated by ':') that a record's `uri` may point into (the "
+        "volume shared with the producers); empty: no by-reference images are read at all.")
+    uri_read_timeout_s: float = setting(
+        10.0, "Longest a worker waits to read one by-reference image; a slower read (a hung "
+        "mount) makes that record a dead letter.")
+    stall_timeout_s: float = setting(
+        60.0, "A batch that stays this long in one step makes the worker's health `degraded` "
+        "(it keeps waiting; the health report names the step).")
     commit_interval_ms: int = setting(
         500, "Shortest time between two offset commits of a worker (it commits only what is "
         "written).")
@@ -154,6 +161,15 @@ class ApiSettings:
         30.0, "Longest a request may take (reading the upload included); slower ones get 504.")
     max_k: int = setting(1000, "Largest k a search or recognition may ask for; larger ones get "
                          "422.")
+    token_file: str = setting(
+        "", "File whose first line is the bearer token (a Docker or Kubernetes secret); "
+        "used when TWINSTREAM_API_TOKEN is empty.", flag="--token-file")
+    decode_concurrency: int = setting(
+        4, "Uploads decoded at the same time; more wait a moment, then get 503 with "
+        "Retry-After.")
+    decode_pixel_budget: int = setting(
+        80_000_000, "Pixels (width x height) of all uploads being decoded at once; an upload "
+        "that does not fit gets 503 with Retry-After (bounds the API's memory).")
 
 
 @dataclass(frozen=True)
@@ -212,13 +228,18 @@ def _coerce(spec: SettingSpec, raw: Any, source: str) -> Any:
         if spec.type is int:
             return int(text.replace("_", ""))
         if spec.type is float:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+            return value
+        text.encode("utf-8")  # argv and the environment hold undecodable bytes as surrogates
         if spec.type is Path:
             return Path(text)
         return text
-    except ValueError:
-        raise ConfigError(
-            f"{source}={raw!r} is not a valid {spec.type.__name__} ({spec.help})") from None
+    except (ValueError, UnicodeEncodeError) as exc:
+        shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{source}={shown!r} is not a valid {spec.type.__name__} "
+                          f"({spec.help})") from exc
 
 
 def load_settings(environ: Mapping[str, str] | None = None,
@@ -274,10 +295,19 @@ def _validate(settings: Settings) -> None:
         "TWINSTREAM_WORKER_MAX_IMAGE_BYTES": settings.worker.max_image_bytes,
         "TWINSTREAM_WORKER_SHUTDOWN_TIMEOUT_S": settings.worker.shutdown_timeout_s,
         "TWINSTREAM_WORKER_UNASSIGNED_ALARM_S": settings.worker.unassigned_alarm_s,
+        "TWINSTREAM_WORKER_URI_READ_TIMEOUT_S": settings.worker.uri_read_timeout_s,
+        "TWINSTREAM_WORKER_STALL_TIMEOUT_S": settings.worker.stall_timeout_s,
+        "TWINSTREAM_API_DECODE_CONCURRENCY": settings.api.decode_concurrency,
+        "TWINSTREAM_API_DECODE_PIXEL_BUDGET": settings.api.decode_pixel_budget,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+    for root in filter(None, (r.strip() for r in settings.worker.uri_roots.split(":"))):
+        if not Path(root).is_absolute():
+            raise ConfigError(f"TWINSTREAM_WORKER_URI_ROOTS must name absolute folders, "
+                              f"got {root!r}")
+    _validate_bootstrap(settings.kafka.bootstrap)
     if settings.redis.quant not in QUANTIZATIONS:
         raise ConfigError(f"TWINSTREAM_REDIS_QUANT must be one of {', '.join(QUANTIZATIONS)}, "
                           f"got {settings.redis.quant!r}")
@@ -318,6 +348,19 @@ def _validate(settings: Settings) -> None:
                         "TWINSTREAM_API_MAX_K": settings.api.max_k}.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def _validate_bootstrap(bootstrap: str) -> None:
+    """``host:port[,host:port...]``, checked here so that a typo is one clear line rather than
+    an error from inside the Kafka client."""
+    for item in filter(None, (part.strip() for part in bootstrap.split(","))):
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")  # an IPv6 literal in brackets
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+                or any(c.isspace() or c in "/@?#" for c in host) \
+                or (":" in host and not item.startswith("[")):
+            raise ConfigError(f"TWINSTREAM_KAFKA_BOOTSTRAP / --bootstrap must be host:port "
+                              f"pairs separated by commas, got {bootstrap!r}")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -49,6 +49,7 @@ from worker.logs import event
 from worker.membership import is_leader
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline
+from worker.pool import HEALTHY_RUN_S
 from worker.reader import Reader
 from worker.writer import Writer
 
@@ -119,14 +120,22 @@ def preflight(settings: Settings, reindex: bool = False) -> ModelCard:
     return encoder.card
 
 
+# A pool child started again after this many crashes in a row reports a crash loop until it has
+# run as long as the pool (worker.pool) waits before it forgets the crashes.
+CRASH_LOOP_CRASHES = 2
+
+
 class Worker:
     def __init__(self, settings: Settings, worker_id: str | None = None, *,
-                 reindex: bool = False):
+                 reindex: bool = False, crashes: int = 0, last_exit_code: int | None = None):
         self.settings = settings
         cfg = settings.worker
         self.worker_id = worker_id or default_worker_id()
         self.reindex = reindex
         self.health = Health()
+        if crashes >= CRASH_LOOP_CRASHES:
+            self.health.failing("restarts", f"started again after {crashes} crashes in a row "
+                                f"(last exit code {last_exit_code}): a crash loop; see the log")
         self.metrics = WorkerMetrics()
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
@@ -198,10 +207,12 @@ class Worker:
               version=self.index.info.version, mode="reindex" if self.reindex else "live",
               batch=self.settings.worker.batch)
         clean = False
+        unwritten = 0
         try:
             self._loop(idle_exit_s)
             self.health.stopping()
             clean = self._drain(self.settings.worker.shutdown_timeout_s)
+            unwritten = self.reader.tracker.in_flight()  # before leaving the group resets it
         finally:
             self._close()
         if self.superseded_by is not None:
@@ -211,8 +222,8 @@ class Worker:
                 "restart it with the new model")
         if not clean:
             raise ServiceUnavailable(
-                f"stopped with {self.reader.tracker.in_flight()} records not written (see the "
-                "warnings above); they were not committed and will be re-delivered")
+                f"stopped with {unwritten} records not written (see the warnings above); they "
+                "were not committed and will be re-delivered")
         event(log, "worker stopped", **self.stats.to_dict())
         return self.stats
 
@@ -220,6 +231,7 @@ class Worker:
         reader = self.reader
         while not self.stop_event.is_set():
             self._check_pipeline()
+            self._watch()
             self._collect(timeout_s=0.0)
             room = self.pipeline.has_room
             records = reader.poll(room)
@@ -233,6 +245,23 @@ class Worker:
                 break
             reader.commit()
             reader.report_lag()
+
+    def _watch(self) -> None:
+        """Health that no exception reports: a batch that stopped moving, a crash loop over."""
+        stalled = self.pipeline.stalled(self.settings.worker.stall_timeout_s)
+        if stalled is not None:
+            step, seq, seconds = stalled
+            if "pipeline" not in self.health.snapshot()["failing"]:
+                event(log, "a batch is not moving", logging.ERROR, step=step, batch=seq,
+                      seconds=round(seconds))
+            self.health.failing("pipeline", f"batch {seq} has been in step {step} for "
+                                f"{seconds:.0f} s (TWINSTREAM_WORKER_STALL_TIMEOUT_S)",
+                                attempt=False)
+        else:
+            self.health.ok("pipeline")
+        if time.time() - self.started_at > HEALTHY_RUN_S:
+            self.health.ok("restarts")
+        self.metrics.healthy.set(1 if self.health.healthy else 0)
 
     def _drain(self, timeout_s: float) -> bool:
         """Write what is in flight and commit it; False if that did not finish in time."""

@@ -41,7 +41,7 @@ from worker.health import Health
 from worker.logs import event
 from worker.metrics import WorkerMetrics
 from worker.retry import Backoff, GaveUp, retry
-from worker.writer import redis_is_transient
+from worker.writer import always
 
 log = logging.getLogger("twinstream.worker")
 
@@ -177,7 +177,9 @@ class Durable:
             check_present(self.index, ops)
 
         try:
-            retry(confirm, redis_is_transient, self.give_up, self.backoff, self._failed)
+            # Like the writer: whatever fails here is the world's (or a bug's); waiting beats
+            # a crash loop that would bring the same batch back.
+            retry(confirm, always, self.give_up, self.backoff, self._failed)
         except GaveUp:
             batch.written = False  # not committed: re-delivered
             event(log, "gave up confirming a batch durable; it will be re-delivered",

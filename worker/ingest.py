@@ -21,7 +21,8 @@ from pathlib import Path
 from kafka.errors import KafkaError
 
 from twinstream.errors import InputError, ServiceUnavailable
-from twinstream.messages import ImageMessage, check_id, now_ms
+from twinstream.files import display_path, read_regular_file
+from twinstream.messages import ImageMessage, check_id, content_id, now_ms
 from twinstream.settings import KafkaSettings
 from worker.kafka_io import ensure_topics, make_producer
 
@@ -54,18 +55,32 @@ def _content_hash(path: Path) -> str:
 def message_for_file(path: Path, label_from_dir: bool = True, attributes: dict | None = None,
                      id_from: str = "content", inline_max_bytes: int = 900_000
                      ) -> ImageMessage:
-    """The record of one file (raises ``OSError`` if it cannot be read)."""
-    size = path.stat().st_size
-    inline = size <= inline_max_bytes
-    data = path.read_bytes() if inline else b""
+    """The record of one file. Raises ``OSError`` if it cannot be read and ``InputError`` if it
+    is not a regular file (a FIFO would block for ever) or its record would be refused.
+
+    A file name that is not UTF-8 is shown with ``\\xff`` escapes in the label, the source and
+    a path id; such a file can only go inline (a ``uri`` must name the file exactly).
+    """
+    head = read_regular_file(path, inline_max_bytes)
+    inline = len(head) <= inline_max_bytes
+    data = head if inline else b""
     attrs = dict(attributes or {})
     if label_from_dir:
-        attrs.setdefault("label", path.parent.name)
-    attrs.setdefault("source", str(path))
-    image_id = _content_hash(path) if id_from == "content" else path.as_posix()
+        attrs.setdefault("label", display_path(path.parent.name) or "unlabelled")
+    attrs.setdefault("source", display_path(path))
+    if id_from == "content":
+        image_id = content_id(data) if inline else _content_hash(path)
+    else:
+        image_id = display_path(path.as_posix())
+    uri = None
+    if not inline:
+        uri = display_path(path.resolve())
+        if uri != str(path.resolve()):
+            raise InputError(f"{uri}: a file name that is not UTF-8 cannot be sent by "
+                             f"reference (it is above --inline-max-bytes {inline_max_bytes:,})")
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return ImageMessage(id=image_id, data=data, content_type=content_type, attributes=attrs,
-                        uri=None if inline else str(path.resolve()), produced_at_ms=now_ms())
+                        uri=uri, produced_at_ms=now_ms())
 
 
 def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir: bool = True,
@@ -93,30 +108,30 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
     def failed(path: Path):
         def fail(exc) -> None:
             with lock:
-                summary.failed[str(path)] = f"not published: {exc}"
+                summary.failed[display_path(path)] = f"not published: {exc}"
         return fail
 
     try:
         for path in (progress(paths) if progress else paths):
+            shown = display_path(path)
             try:
                 msg = message_for_file(path, label_from_dir, attributes, id_from,
                                        settings.inline_max_bytes)
-                check_id(msg.id)
+                key, value, headers = msg.to_record()  # refuses what a worker would refuse
             except OSError as exc:
-                summary.failed[str(path)] = f"cannot read: {exc.strerror or exc}"
+                summary.failed[shown] = f"cannot read: {exc.strerror or exc}"
                 continue
             except InputError as exc:
-                summary.failed[str(path)] = exc.message
+                summary.failed[shown] = exc.message
                 continue
             if msg.id in seen:
-                summary.skipped[str(path)] = f"same id as {seen[msg.id]}"
+                summary.skipped[shown] = f"same id as {seen[msg.id]}"
                 continue
-            seen[msg.id] = str(path)
-            key, value, headers = msg.to_record()
+            seen[msg.id] = shown
             try:
                 future = producer.send(settings.topic, key=key, value=value, headers=headers)
             except KafkaError as exc:
-                summary.failed[str(path)] = f"not published: {exc}"
+                summary.failed[shown] = f"not published: {exc}"
                 continue
             summary.ids.append(msg.id)
             future.add_callback(sent(msg.uri is not None))

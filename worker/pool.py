@@ -47,18 +47,22 @@ def child_settings(settings: Settings, index: int, processes: int) -> Settings:
 
 
 def run_worker(settings: Settings, idle_exit_s: float | None = None, reindex: bool = False,
-               quiet: bool = False, signals=(signal.SIGTERM, signal.SIGINT)) -> dict:
-    """One worker in this process until stopped by ``signals`` (or idle); returns its counts."""
+               quiet: bool = False, signals=(signal.SIGTERM, signal.SIGINT),
+               crashes: int = 0, last_exit_code: int | None = None) -> dict:
+    """One worker in this process until stopped by ``signals`` (or idle); returns its counts.
+    ``crashes``: how many times in a row the pool saw this slot crash before starting it."""
     from worker.consumer import Worker, default_worker_id
 
     worker_id = default_worker_id()
     configure(settings.worker.log_format, worker_id, quiet)
-    worker = Worker(settings, worker_id, reindex=reindex)
+    worker = Worker(settings, worker_id, reindex=reindex, crashes=crashes,
+                    last_exit_code=last_exit_code)
     worker.install_signal_handlers(signals)
     return worker.run(idle_exit_s).to_dict()
 
 
 def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results,
+           crashes: int = 0, last_exit_code: int | None = None,
            parent_pid: int | None = None) -> None:
     # Die with the pool: a SIGKILLed parent must not leave its children consuming as orphans
     # (a supervisor restarting the pool would double the consumers). SIGTERM, so the child still
@@ -71,7 +75,8 @@ def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results,
     # per child, so a child that also took the SIGINT would count two signals and hurry.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        stats = run_worker(settings, idle_exit_s, reindex, quiet, signals=(signal.SIGTERM,))
+        stats = run_worker(settings, idle_exit_s, reindex, quiet, signals=(signal.SIGTERM,),
+                           crashes=crashes, last_exit_code=last_exit_code)
     except TwinstreamError as exc:
         event(log, exc.message, logging.ERROR, exit_code=exc.exit_code)
         raise SystemExit(exc.exit_code) from None
@@ -84,6 +89,7 @@ class _Slot:
     process: mp.Process | None = None
     started: float = 0.0
     crashes: int = 0
+    last_exit_code: int | None = None
     restart_at: float = 0.0
     done: bool = False
 
@@ -108,7 +114,7 @@ class WorkerPool:
         s = child_settings(self.settings, slot.index, self.processes)
         slot.process = self._ctx.Process(
             target=_child, args=(s, self.idle_exit_s, self.reindex, self.quiet, self._results,
-                                 os.getpid()),
+                                 slot.crashes, slot.last_exit_code, os.getpid()),
             name=f"twinstream-worker-{slot.index}")
         slot.process.start()
         slot.started = time.monotonic()
@@ -165,6 +171,7 @@ class WorkerPool:
                     self.exit_code = max(self.exit_code, abs(code or 0))
             else:
                 slot.crashes = 1 if now - slot.started > HEALTHY_RUN_S else slot.crashes + 1
+                slot.last_exit_code = code
                 delay = min(RESTART_CAP_S, RESTART_FIRST_S * 2 ** (slot.crashes - 1))
                 slot.restart_at = now + delay
                 event(log, "worker process crashed", logging.WARNING, slot=slot.index,

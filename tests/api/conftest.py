@@ -50,6 +50,7 @@ class RunningServer:
     url: str
     settings: Settings
     client: httpx.Client
+    app: object = None  # the FastAPI app, served in this process (its state is reachable)
 
 
 def unique_settings(base: Settings, stack, model: Path | None) -> Settings:
@@ -68,7 +69,8 @@ def unique_settings(base: Settings, stack, model: Path | None) -> Settings:
 def running_server(settings: Settings, encoder: Encoder | None) -> Iterator[RunningServer]:
     """uvicorn serving ``create_app(settings, encoder)`` on a free port, in a thread."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, encoder), host="127.0.0.1", port=port,
+    app = create_app(settings, encoder)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port,
                             log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -81,7 +83,7 @@ def running_server(settings: Settings, encoder: Encoder | None) -> Iterator[Runn
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            yield RunningServer(url, settings, client)
+            yield RunningServer(url, settings, client, app)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -117,4 +119,17 @@ def gallery(api_settings, encoder, shapes_data) -> Gallery:
 @pytest.fixture(scope="package")
 def api(api_settings, encoder, gallery) -> Iterator[RunningServer]:
     with running_server(api_settings, encoder) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def write_api(base_settings, stack, onnx_model, encoder) -> Iterator[RunningServer]:
+    """A server with an index and topic of its own, for tests that enroll, ingest and delete
+    whatever they like (the shared gallery stays as the other tests expect it)."""
+    from tests import imagegen
+
+    with running_server(unique_settings(base_settings, stack, onnx_model), encoder) as server:
+        first = server.client.post("/enroll", data={"label": "first"}, files={
+            "image": ("a.png", imagegen.encode(imagegen.gradient(24, seed=77)))})
+        assert first.status_code == 201, first.text  # the index exists from here on
         yield server

@@ -148,3 +148,23 @@ def test_redis_aof_keeps_its_files_out_of_temporary_folders(tmp_path):
     finally:
         proc.kill()
     assert any((tmp_path / "twinstream-data" / "redis").rglob("*.aof"))  # still there after exit
+
+
+def test_up_can_protect_redis_with_a_generated_password(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSTREAM_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "twinstream", "up", "--json",
+                             "--redis-password"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = json.loads(proc.stdout.readline())["TWINSTREAM_REDIS_URL"]
+        password = url.split("://:", 1)[1].split("@", 1)[0]
+        assert len(password) >= 24
+        host, port = address(url.replace(f":{password}@", ""))
+        with pytest.raises(ConnectionError, match="NOAUTH"):
+            redis_ping(host, port)  # without the password: refused
+        redis_ping(host, port, password)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()

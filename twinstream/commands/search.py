@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from index.filters import parse_filter
 from twinstream.cli import add_command, add_group
 from twinstream.errors import InputError
+from twinstream.fields import check_id
 
 REDIS = ("redis.url", "redis.index")
 SEARCH = (*REDIS, "redis.ef", "model.path")
@@ -130,6 +132,9 @@ def query(args, settings, out) -> None:
     given = [x for x in (args.image, args.like_id, args.vector) if x]
     if len(given) != 1:
         raise InputError("give exactly one of IMAGE, --id ID or --vector V")
+    if args.like_id:
+        check_id(args.like_id)
+    parse_filter(args.filter)  # a bad filter is refused before any work
     options = {"filter": args.filter, "exact": args.exact, "filter_ef": args.filter_ef}
     source: dict = {}
     if args.image:
@@ -155,6 +160,7 @@ def query(args, settings, out) -> None:
 def recognize_cmd(args, settings, out) -> None:
     from index.recognition import recognize
 
+    parse_filter(args.filter)
     encoder = _encoder(settings)
     vector = _embed(encoder, args.image)
     index = _live_index(settings)

@@ -8,8 +8,9 @@ from twinstream.cli import add_command
 def register(subparsers) -> None:
     add_command(subparsers, "serve", serve,
                 "HTTP search API and web page (search, recognise, verify, enroll, ingest)",
-                settings=("api.host", "api.port", "model.path", "model.threads", "redis.url",
-                          "redis.index", "kafka.bootstrap", "kafka.topic"))
+                settings=("api.host", "api.port", "api.token_file", "model.path",
+                          "model.threads", "redis.url", "redis.index", "kafka.bootstrap",
+                          "kafka.topic"))
 
 
 def serve(args, settings, out) -> int:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
 import signal
 import threading
 from pathlib import Path
 
 from twinstream.cli import add_command
+from twinstream.errors import InputError
+
+GENERATE = "(generate)"
+
+
+def check_password(password: str) -> None:
+    """A password that survives a redis:// URL and Redis's own command line unescaped."""
+    if not password or not all(c.isascii() and (c.isalnum() or c in "-_.~") for c in password):
+        raise InputError("--redis-password may hold letters, digits and -_.~ only (or give no "
+                         "value to have one generated)")
 
 DEFAULT_AOF_DIR = "twinstream-data"
 # ``demo --quick``: fewer images to index and query, the same training (smaller or shorter
@@ -28,6 +39,11 @@ def register(subparsers) -> None:
     p.add_argument("--redis-aof", action="store_true",
                    help=f"Redis with append-only persistence, in --data-dir (default "
                         f"{DEFAULT_AOF_DIR} when --data-dir is not given)")
+    p.add_argument("--redis-password", nargs="?", const=GENERATE, default=None,
+                   metavar="PASSWORD",
+                   help="start Redis with this password, or a generated one when none is given; "
+                        "it is in the printed TWINSTREAM_REDIS_URL (default: no password, "
+                        "Redis listens on 127.0.0.1 only)")
 
     p = add_command(subparsers, "demo", demo,
                     "shapes -> train -> export -> stack -> ingest -> workers -> query, end to end",
@@ -50,11 +66,16 @@ def up(args, settings, out) -> int:
     keeps running), with a backoff while its restarts fail."""
     from twinstream.stack import stack_for
 
+    password = args.redis_password
+    if password == GENERATE:
+        password = secrets.token_urlsafe(24)
+    elif password is not None:
+        check_password(password)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     data_dir = args.data_dir or (DEFAULT_AOF_DIR if args.redis_aof else "")
-    with stack_for(settings, data_dir=data_dir or None) as stack:
+    with stack_for(settings, data_dir=data_dir or None, redis_password=password) as stack:
         pids = {p.name: p.pid for p in stack.started_services}
         out.result({**stack.env(), "workdir": str(stack.workdir), "data_dir": data_dir or None,
                     "broker_storage": stack.broker_storage, "pids": pids},
