@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twinstream.errors import TwinstreamError
+from twinstream.probes import kafka_api_versions
 from twinstream.settings import Settings, load_settings
-from twinstream.stack import kafka_api_versions
 
 TIMEOUT_S = 3.0
 

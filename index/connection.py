@@ -107,6 +107,11 @@ def _reason(exc: Exception) -> str:
 
 # Server states that pass (a restart loading its AOF, a failover, memory pressure): a caller that
 # retries will succeed later, so they map to ServiceUnavailable like a lost connection.
+# redis-py turns some of those replies into classes of their own and drops the prefix from the
+# message ("OOM command not allowed" arrives as OutOfMemoryError("command not allowed ...")).
+TRANSIENT_ERRORS = (redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
+                    redis.exceptions.OutOfMemoryError, redis.exceptions.MasterDownError,
+                    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
                      "NOREPLICAS", "MISCONF", "BUSY")
 
@@ -127,7 +132,7 @@ def translate_errors(context: str, wrongtype: Callable[[], str] | None = None) -
         raise ServiceUnavailable(f"{context}: lost the connection to Redis ({exc})") from None
     except redis.ResponseError as exc:
         reason = _reason(exc)
-        if reason.startswith(TRANSIENT_REPLIES):
+        if isinstance(exc, TRANSIENT_ERRORS) or reason.startswith(TRANSIENT_REPLIES):
             raise ServiceUnavailable(f"{context}: Redis is not ready ({reason})") from None
         if "WRONGTYPE" in reason:
             detail = wrongtype() if wrongtype else "a key holds another type of value"

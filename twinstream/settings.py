@@ -25,6 +25,7 @@ from twinstream.errors import ConfigError
 ENV_PREFIX = "TWINSTREAM_"
 QUANTIZATIONS = ("q8", "noquant", "bin")
 LOG_FORMATS = ("text", "json")
+DURABILITY_LEVELS = ("auto", "none", "local", "replicas")
 
 
 def setting(default: Any, help: str, flag: str | None = None) -> Any:
@@ -73,6 +74,16 @@ class RedisSettings:
     ef: int = setting(
         0, "Search exploration factor (HNSW EF): higher finds more of the true nearest "
         "neighbours, slower; 0 uses Redis's default (100, or k when larger).", flag="--ef")
+    durability: str = setting(
+        "auto", "What a worker waits for before it commits offsets: none, local (Redis's "
+        "append-only file fsynced: WAITAOF), replicas (also TWINSTREAM_REDIS_MIN_REPLICAS "
+        "replicas: WAIT) or auto (local when Redis has AOF on, else none).")
+    durability_timeout_ms: int = setting(
+        5000, "Longest a worker waits for Redis to confirm a batch durable before it writes "
+        "the batch again and retries (nothing is committed meanwhile).")
+    min_replicas: int = setting(
+        1, "Replicas that must acknowledge a batch when TWINSTREAM_REDIS_DURABILITY is "
+        "replicas.")
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,11 @@ class WorkerSettings:
     max_in_flight: int = setting(
         3, "Batches a worker holds between polling and committing (decoding, embedding, "
         "writing); bounds its memory and its replay after a crash.")
+    max_awaiting_durability: int = setting(
+        9, "Batches written and waiting for Redis to confirm them durable, on top of "
+        "max_in_flight (only when TWINSTREAM_REDIS_DURABILITY waits): with appendfsync everysec a "
+        "confirmation takes up to a second, and these keep the worker writing meanwhile "
+        "(measured: 3 batches in all gave 0.28x the throughput of no waiting, 12 gave 1.02x).")
     max_image_pixels: int = setting(
         40_000_000, "Largest image (width x height) a worker decodes; larger ones are dead "
         "letters, which guards against decompression bombs (also Pillow's own limit).")
@@ -130,6 +146,10 @@ class WorkerSettings:
         "uses port + i); 0: off.", flag="--metrics-port")
     log_format: str = setting("text", "Worker log lines: text or json (one object a line).",
                               flag="--log-format")
+    unassigned_alarm_s: float = setting(
+        120.0, "A worker that owns no partition for this long reports itself degraded in "
+        "/health and `twinstream status` (more workers than partitions, or a group that does "
+        "not assign).")
 
 
 @dataclass(frozen=True)
@@ -283,9 +303,11 @@ def _validate(settings: Settings) -> None:
         "TWINSTREAM_WORKER_BATCH": settings.worker.batch,
         "TWINSTREAM_WORKER_DECODE_THREADS": settings.worker.decode_threads,
         "TWINSTREAM_WORKER_MAX_IN_FLIGHT": settings.worker.max_in_flight,
+        "TWINSTREAM_WORKER_MAX_AWAITING_DURABILITY": settings.worker.max_awaiting_durability,
         "TWINSTREAM_WORKER_MAX_IMAGE_PIXELS": settings.worker.max_image_pixels,
         "TWINSTREAM_WORKER_MAX_IMAGE_BYTES": settings.worker.max_image_bytes,
         "TWINSTREAM_WORKER_SHUTDOWN_TIMEOUT_S": settings.worker.shutdown_timeout_s,
+        "TWINSTREAM_WORKER_UNASSIGNED_ALARM_S": settings.worker.unassigned_alarm_s,
         "TWINSTREAM_WORKER_URI_READ_TIMEOUT_S": settings.worker.uri_read_timeout_s,
         "TWINSTREAM_WORKER_STALL_TIMEOUT_S": settings.worker.stall_timeout_s,
         "TWINSTREAM_API_DECODE_CONCURRENCY": settings.api.decode_concurrency,
@@ -308,6 +330,12 @@ def _validate(settings: Settings) -> None:
     if not 1 <= settings.redis.shards <= 1024:
         raise ConfigError(f"TWINSTREAM_REDIS_SHARDS must be between 1 and 1024, "
                           f"got {settings.redis.shards}")
+    if settings.redis.durability not in DURABILITY_LEVELS:
+        raise ConfigError(f"TWINSTREAM_REDIS_DURABILITY must be one of "
+                          f"{', '.join(DURABILITY_LEVELS)}, got {settings.redis.durability!r}")
+    if settings.redis.durability_timeout_ms <= 0 or settings.redis.min_replicas < 1:
+        raise ConfigError("TWINSTREAM_REDIS_DURABILITY_TIMEOUT_MS and "
+                          "TWINSTREAM_REDIS_MIN_REPLICAS must be positive")
     if not 0 <= settings.redis.ef <= 1_000_000:
         raise ConfigError(f"TWINSTREAM_REDIS_EF must be between 0 and 1000000, "
                           f"got {settings.redis.ef}")

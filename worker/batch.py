@@ -61,6 +61,7 @@ class Batch:
     created: float = field(default_factory=time.monotonic)
     seconds: dict[str, float] = field(default_factory=dict)  # per pipeline step
     written: bool = False  # every item is in Redis or in the dead-letter topic
+    written_at: float = 0.0  # monotonic time the writer finished it (see worker/durable.py)
 
     @property
     def records(self) -> list[Any]:

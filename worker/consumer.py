@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from index import layout
 from index.store import VectorIndex, connect
 from twinstream.errors import IndexMismatchError, InternalError, ServiceUnavailable
 from twinstream.metrics import MetricsServer
@@ -38,11 +39,13 @@ from twinstream.settings import Settings
 from worker.batch import Batch, Item
 from worker.decoder import Decoder
 from worker.dlq import DeadLetterSender
+from worker.durable import Confirmer, Durable, aof_enabled, resolve_level
 from worker.embedder import Embedder
 from worker.health import HEALTHY_RUN_S, Health
 from worker.heartbeat import Heartbeat, heartbeat_key
 from worker.kafka_io import ensure_topics, make_consumer
 from worker.logs import event
+from worker.membership import is_leader
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline
 from worker.publish import Publisher
@@ -134,6 +137,7 @@ class Worker:
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self.give_up = threading.Event()
+        self.index_gone = threading.Event()  # see _check_still_live
         self.superseded_by: str | None = None
         self.started_at = time.time()
         set_pixel_limit(cfg.max_image_pixels)
@@ -151,11 +155,21 @@ class Worker:
                              cfg, self.metrics,
                              on_assignment=lambda: self.heartbeat.beat_soon())
         self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
+        writer = Writer(self.index, DeadLetterSender(self.dlq, self.worker_id),
+                        self.encoder.version, self.health, self.metrics, self.give_up,
+                        index_gone=self.index_gone)
+        self.durability = resolve_level(self.index.client, settings.redis)
+        self.durable = Durable(self.index, Confirmer(
+            self.index.client, self.durability, settings.redis.durability_timeout_ms,
+            settings.redis.min_replicas, aof=aof_enabled(self.index.client)),
+            writer.rewrite, self.encoder.version, self.health, self.metrics, self.give_up)
         self.pipeline = Pipeline(
-            [self.decoder, Embedder(self.encoder),
-             Writer(self.index, DeadLetterSender(self.dlq, self.worker_id),
-                    self.encoder.version, self.health, self.metrics, self.give_up)],
-            capacity=cfg.max_in_flight, observe=self.metrics.observe_step)
+            [self.decoder, Embedder(self.encoder), writer, self.durable],
+            capacity=cfg.max_in_flight + (cfg.max_awaiting_durability
+                                          if self.durability != "none" else 0),
+            observe=self.metrics.observe_step)
+        self.metrics.track_uncommitted(self.reader.tracker.in_flight,
+                                       self.reader.tracker.written_uncommitted)
         self.heartbeat = Heartbeat(self.index.client,
                                    heartbeat_key(settings.kafka.group, self.worker_id),
                                    self.describe, on_beat=self._check_still_live)
@@ -321,8 +335,23 @@ class Worker:
 
     # --- reporting -----------------------------------------------------------------------------
 
+    def _unassigned_for_s(self) -> float:
+        since = self.reader.unassigned_since
+        return 0.0 if since is None else round(time.monotonic() - since, 1)
+
+    def _health(self) -> dict:
+        """The health state, with a consumer that owns no partition for too long as failing."""
+        unassigned = self._unassigned_for_s()
+        if unassigned > self.settings.worker.unassigned_alarm_s:
+            self.health.failing("assignment", f"no partition assigned for {unassigned:.0f} s "
+                                "(more workers than partitions, or the group does not assign)")
+        else:
+            self.health.ok("assignment")
+        return self.health.snapshot()
+
     def health_report(self) -> dict:
-        return {**self.health.snapshot(), "worker": self.worker_id,
+        return {**self._health(), "worker": self.worker_id,
+                "unassigned_for_s": self._unassigned_for_s(),
                 "partitions": [tp.partition for tp in self.reader.assigned],
                 "in_flight_batches": self.pipeline.in_flight, "records": self.stats.to_dict()}
 
@@ -333,14 +362,33 @@ class Worker:
                 "index": self.index.info.name, "version": self.index.info.version,
                 "mode": "reindex" if self.reindex else "live",
                 "partitions": [tp.partition for tp in self.reader.assigned],
-                "health": self.health.snapshot(), "records": self.stats.to_dict(),
+                "leader": is_leader(self.reader.consumer), "durability": self.durability,
+                "health": self._health(),
+                "unassigned_for_s": self._unassigned_for_s(), "records": self.stats.to_dict(),
                 "started_at": self.started_at, "seen_at": time.time()}
 
     def _check_still_live(self) -> None:
-        """A promoted index with another model: stop, rather than fill a version nobody reads."""
+        """A promoted index with another model: stop, rather than fill a version nobody reads.
+        An index that vanished (alias or metadata gone: FLUSHALL, a restart without
+        persistence, a failover to an empty replica): hold writes and report degraded."""
+        live = VectorIndex.live_version(self.index.client, self.index.info.name)
+        gone = not self.index.client.exists(
+            layout.meta_key(self.index.info.name, self.index.info.version)) or (
+            live is None and not self.reindex)
+        if gone and not self.index_gone.is_set():
+            self.index_gone.set()
+            event(log, "the index vanished from Redis; holding writes", logging.ERROR,
+                  index=self.index.info.name, version=self.index.info.version)
+        elif not gone and self.index_gone.is_set():
+            self.index_gone.clear()
+            self.health.ok("index")
+            event(log, "the index is back; writing again", index=self.index.info.name)
+        if gone:
+            self.health.failing("index", f"index {self.index.info.name!r} version "
+                                f"{self.index.info.version} vanished from Redis (alias or "
+                                "metadata gone); holding writes, committing nothing")
         if self.reindex:
             return
-        live = VectorIndex.live_version(self.index.client, self.index.info.name)
         if live is not None and live != self.index.info.version and self.superseded_by is None:
             self.superseded_by = live
             event(log, "index promoted to another model version; stopping", logging.ERROR,

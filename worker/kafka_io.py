@@ -8,6 +8,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from twinstream.errors import ServiceUnavailable
 from twinstream.settings import KafkaSettings
+from worker.membership import LeaderTrackingRange
 
 # Large enough for an inlined image (TWINSTREAM ingest inlines up to ~900 KB) plus headers.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -50,6 +51,8 @@ def make_consumer(settings: KafkaSettings, group: str | None = None, **overrides
                   heartbeat_interval_ms=max(500, settings.session_timeout_ms // 6),
                   max_partition_fetch_bytes=MAX_REQUEST_BYTES,
                   fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+                  # Range, plus knowing whether we lead the group (worker/membership.py).
+                  partition_assignment_strategy=[LeaderTrackingRange()],
                   client_id="twinstream-worker")
     config.update(overrides)
     try:

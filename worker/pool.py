@@ -26,6 +26,7 @@ from twinstream.errors import (
     TwinstreamError,
 )
 from twinstream.settings import Settings
+from twinstream.supervise import die_with_parent
 from worker.health import HEALTHY_RUN_S
 from worker.logs import configure, event
 
@@ -70,7 +71,15 @@ def run_worker(settings: Settings, idle_exit_s: float | None = None, reindex: bo
 
 
 def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results,
-           crashes: int = 0, last_exit_code: int | None = None) -> None:
+           crashes: int = 0, last_exit_code: int | None = None,
+           parent_pid: int | None = None) -> None:
+    # Die with the pool: a SIGKILLed parent must not leave its children consuming as orphans
+    # (a supervisor restarting the pool would double the consumers). SIGTERM, so the child still
+    # writes and commits what it holds. The parent may already be gone by now: check.
+    if parent_pid is not None:
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            raise SystemExit(0)
     # A terminal's Ctrl-C reaches the whole process group; the parent turns it into one SIGTERM
     # per child, so a child that also took the SIGINT would count two signals and hurry.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -114,7 +123,7 @@ class WorkerPool:
         s = child_settings(self.settings, slot.index, self.processes)
         slot.process = self._ctx.Process(
             target=_child, args=(s, self.idle_exit_s, self.reindex, self.quiet, self._results,
-                                 slot.crashes, slot.last_exit_code),
+                                 slot.crashes, slot.last_exit_code, os.getpid()),
             name=f"twinstream-worker-{slot.index}")
         slot.process.start()
         slot.started = time.monotonic()
@@ -160,13 +169,15 @@ class WorkerPool:
             code = slot.process.exitcode
             slot.process.join()
             slot.process = None
-            if self.stopping or code == 0:
+            if code in FATAL_EXIT_CODES:
                 slot.done = True
-                self.exit_code = max(self.exit_code, abs(code or 0))
-            elif code in FATAL_EXIT_CODES:
-                slot.done = True
-                self.exit_code = code
+                self.exit_code = self.exit_code if self.exit_code in FATAL_EXIT_CODES else code
                 self.stop()
+            elif self.stopping or code == 0:
+                slot.done = True
+                # A child that the pool itself stopped after a fatal exit does not hide it.
+                if self.exit_code not in FATAL_EXIT_CODES:
+                    self.exit_code = max(self.exit_code, abs(code or 0))
             else:
                 slot.crashes = 1 if now - slot.started > HEALTHY_RUN_S else slot.crashes + 1
                 slot.last_exit_code = code

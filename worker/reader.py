@@ -23,6 +23,7 @@ from kafka.structs import OffsetAndMetadata
 from twinstream.settings import WorkerSettings
 from worker.batch import Batch
 from worker.logs import event
+from worker.membership import close_consumer
 from worker.metrics import WorkerMetrics
 from worker.tracker import OffsetTracker
 
@@ -64,6 +65,9 @@ class Reader:
         self._read_from: dict[TopicPartition, int] = {}
         # Last record (or assignment): idle time counts from there, not from before the join.
         self.last_record: float | None = None
+        # Since when this consumer owns no partition (None while it owns some): a group that
+        # never assigns (a wedged broker group) shows here, in /health and in `status`.
+        self.unassigned_since: float | None = time.monotonic()
 
     def subscribe(self, topic: str, before_revoke: Callable[[], None]) -> None:
         """``before_revoke`` runs when partitions are about to move: finish what is in flight."""
@@ -197,7 +201,7 @@ class Reader:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False, timeout_ms=10_000)  # leaves the group at once
+        close_consumer(self.consumer)  # a follower leaves at once, a leader by session timeout
 
     # --- partitions ----------------------------------------------------------------------------
 
@@ -227,6 +231,7 @@ class Reader:
         self.tracker.reset()
         self.metrics.lag.clear()
         self.assigned = []
+        self.unassigned_since = self.unassigned_since or time.monotonic()
         self.on_assignment()
 
     def _assigned(self, assigned) -> None:
@@ -235,6 +240,8 @@ class Reader:
         self._read_from.clear()
         self.assigned = sorted(assigned)
         self.last_record = time.monotonic()
+        self.unassigned_since = None if self.assigned else (self.unassigned_since
+                                                            or time.monotonic())
         event(log, "partitions assigned",
               partitions=",".join(str(tp.partition) for tp in self.assigned) or "none")
         self.on_assignment()

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from index import layout
 from index.identities import Identities
 from index.store import VectorIndex
-from twinstream.errors import TwinstreamError
+from twinstream.errors import ServiceUnavailable, TwinstreamError
 from worker.batch import Batch, Delete, Upsert, index_operations
 from worker.dlq import DeadLetterSender
 from worker.health import Health
@@ -27,6 +29,11 @@ from worker.metrics import WorkerMetrics
 from worker.retry import Backoff, GaveUp, retry
 
 log = logging.getLogger("twinstream.worker")
+
+
+class IndexVanished(ServiceUnavailable):
+    """The index's alias or metadata is gone (FLUSHALL, a restart without persistence, a
+    failover to an empty replica): writes wait, nothing is committed, health says why."""
 
 
 def always(_exc: Exception) -> bool:
@@ -40,7 +47,7 @@ class Writer:
 
     def __init__(self, index: VectorIndex, dead_letters: DeadLetterSender, model_version: str,
                  health: Health, metrics: WorkerMetrics, give_up: threading.Event,
-                 backoff: Backoff = Backoff()):
+                 backoff: Backoff = Backoff(), index_gone: threading.Event | None = None):
         self.index = index
         self.dead_letters = dead_letters
         self.model_version = model_version
@@ -48,6 +55,7 @@ class Writer:
         self.metrics = metrics
         self.give_up = give_up
         self.backoff = backoff
+        self.index_gone = index_gone or threading.Event()  # set by the worker's liveness check
 
     def __call__(self, batch: Batch) -> None:
         try:
@@ -65,7 +73,13 @@ class Writer:
             event(log, "gave up writing a batch; it will be re-delivered", logging.WARNING,
                   batch=batch.seq, records=len(batch.items))
             return
+        batch.written_at = time.monotonic()  # a durability wait after this covers it
         batch.written = True
+
+    def rewrite(self, batch: Batch) -> None:
+        """The batch's index operations again (idempotent), after Redis may have lost them
+        (``worker/durable.py``)."""
+        self._apply(self._checked_operations(batch))
 
     def _checked_operations(self, batch: Batch) -> list[tuple[Upsert | Delete, tuple | None]]:
         """The batch's operations with the command of each upsert, after failing the records
@@ -91,6 +105,14 @@ class Writer:
                 return checked
 
     def _apply(self, checked: list[tuple[Upsert | Delete, tuple | None]]) -> None:
+        # Never write into a vector set nothing points to: after a FLUSHALL the first VADD
+        # would quietly create an orphan (one EXISTS a batch; the liveness check sees the alias).
+        info = self.index.info
+        if self.index_gone.is_set() or not self.index.client.exists(
+                layout.meta_key(info.name, info.version)):
+            self.index_gone.set()
+            raise IndexVanished(f"index {info.name!r} version {info.version} vanished from "
+                                "Redis (alias or metadata gone); holding the batch")
         # Skip what a refused earlier attempt already failed (this may be a retry).
         live = [(op, command) for op, command in checked if op.item.failure is None]
         upserts = [(op, command) for op, command in live if isinstance(op, Upsert)]

@@ -163,6 +163,9 @@ def test_redis_down_10s_mid_stream_nothing_lost_nothing_committed_early(model_se
     proc = worker_process(s)
     try:
         wait_until(lambda: count(s) >= 100, 60, "100 images indexed before the outage")
+        # Commits follow Redis's fsync confirmation (WAITAOF, up to a second): wait for some, so
+        # that the check after the restart has committed records to look at.
+        wait_until(lambda: sum(committed(s).values()) >= 50, 30, "records committed")
         redis.stop()
         time.sleep(1.5)  # a commit of the batch written just before the stop may still land
         before = committed(s)

@@ -29,6 +29,8 @@ class DemoConfig:
     gallery_per_class: int = 40
     queries_per_class: int = 3
     epochs: int = 8
+    arch: str = "small"
+    image_size: int = 64
     workers: int = 2
     k: int = 5
     drain_timeout_s: float = 300.0
@@ -54,12 +56,13 @@ def run_demo(cfg: DemoConfig, settings: Settings, out: Output) -> dict:
         generate_shapes(data / name, per_class, seed=seed)
     lap("generate")
 
-    out.info(f"2/6 training the twin encoder ({cfg.epochs} epochs, contrastive loss)")
+    out.info(f"2/6 training the twin encoder ({cfg.arch}, {cfg.epochs} epochs, contrastive loss)")
     # Nine classes: an image-level split (every class in training) suits the demo's question,
     # "find more images of this class"; real data sets use the class-disjoint default. Eight
     # short epochs learn fastest without distortions and with a long (one-cycle) warm-up.
     trained = train(TrainConfig(data=str(data / "train"), out=str(cfg.out / "run"),
-                                epochs=cfg.epochs, seed=0, split="images", test_fraction=0.0,
+                                epochs=cfg.epochs, arch=cfg.arch, image_size=cfg.image_size,
+                                seed=0, split="images", test_fraction=0.0,
                                 augment=AugmentConfig(p=0.0), warmup=0.3), log=out.info)
     lap("train")
 
