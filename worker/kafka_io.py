@@ -39,7 +39,7 @@ def make_producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     try:
         return KafkaProducer(**config)
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
 
 
 def make_consumer(settings: KafkaSettings, group: str | None = None, **overrides
@@ -58,7 +58,7 @@ def make_consumer(settings: KafkaSettings, group: str | None = None, **overrides
     try:
         return KafkaConsumer(**config)
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
 
 
 def make_admin(settings: KafkaSettings) -> KafkaAdminClient:
@@ -67,7 +67,7 @@ def make_admin(settings: KafkaSettings) -> KafkaAdminClient:
                                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                                 request_timeout_ms=15000, client_id="twinstream-admin")
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
 
 
 def ensure_topics(settings: KafkaSettings) -> None:
@@ -90,6 +90,6 @@ def ensure_topics(settings: KafkaSettings) -> None:
                 except TopicAlreadyExistsError:
                     pass  # another process won the race: fine
     except KafkaError as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
     finally:
         admin.close()

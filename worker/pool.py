@@ -88,7 +88,7 @@ def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results,
                            crashes=crashes, last_exit_code=last_exit_code)
     except TwinstreamError as exc:
         event(log, exc.message, logging.ERROR, exit_code=exc.exit_code)
-        raise SystemExit(exc.exit_code) from None
+        raise SystemExit(exc.exit_code) from exc
     results.put(stats)
 
 

@@ -174,3 +174,28 @@ def test_live_recognition_decides_as_the_offline_evaluation(digits, settings):
     removed = identities.remove("digit-3")  # and the door forgets digit 3 and its images
     assert sorted(removed) == sorted(f"ref-{i}" for i in shots[3])
     assert identities.get("digit-3") is None and not index.exists(removed[0])
+
+
+def test_an_older_card_without_curve_or_calibration_falls_back_with_a_warning(digits, settings,
+                                                                            capsys):
+    """Models exported before the recognition curve and the calibration existed still work:
+    the pair threshold with a warning, and no probability, never a crash."""
+    from dataclasses import replace
+
+    model, paths, _ = digits
+    encoder = Encoder(model)
+    old_card = replace(encoder.card, calibration={}, recognition={})
+    index = VectorIndex.for_model(connect(settings.redis.url), settings.redis.index, old_card)
+    vectors = encoder.embed_bytes([p.read_bytes() for p in paths[:2]]).vectors
+    enroll(index, "ref-a", vectors[0], "someone")
+    result = recognize(index, vectors[1])
+    assert result.threshold == pytest.approx(encoder.card.threshold)
+    assert result.warning and "older" in result.warning and result.probability is None
+    assert main(["recognize", str(paths[1]), "--model", str(model), "--redis-url",
+                 settings.redis.url, "--index", settings.redis.index]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "pair" in captured.out
+    for bad in (["--threshold", "2"], ["--target-fpir", "1.5"], ["--target-fpir", "0"]):
+        assert main(["recognize", str(paths[1]), "--model", str(model), "--redis-url",
+                     settings.redis.url, "--index", settings.redis.index, *bad]) == 2
+        assert "Traceback" not in capsys.readouterr().err

@@ -86,9 +86,9 @@ def wait_answers(probe, what: str, timeout_s: float = 30) -> None:
         try:
             probe()
             return
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError) as exc:
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}") from None
+                raise AssertionError(f"timed out waiting for {what}") from exc
             time.sleep(0.2)
 
 

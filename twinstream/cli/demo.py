@@ -148,12 +148,21 @@ def _query_all(settings: Settings, model_path: Path, queries: list[Path], k: int
     service = SearchService(settings, Encoder(model_path))
     results = []
     for path in queries:
-        hits = service.search_image(path.read_bytes(), k, what=str(path)).hits
+        found = service.search_image(path.read_bytes(), k, what=str(path))
+        hits = found.hits
         label = path.parent.name
         same = sum(h.attributes.get("label") == label for h in hits)
         results.append({"query": str(path), "label": label, "agreement": same / k,
-                        "hits": [h.to_dict() for h in hits]})
+                        "hits": [{**h.to_dict(), "probability": p}
+                                 for h, p in zip(hits, found.probabilities, strict=True)]})
     return results
+
+
+def _similarity_text(hit: dict) -> str:
+    """A hit's similarity for people: the calibrated probability, with the cosine beside."""
+    if hit.get("probability") is None:
+        return f"{hit['score']:.3f}"
+    return f"p={hit['probability']:.2f} ({hit['score']:.2f})"
 
 
 def _one_per_class(results: list[dict]) -> list[dict]:
@@ -165,7 +174,7 @@ def _one_per_class(results: list[dict]) -> list[dict]:
 
 
 def _draw_results(results: list[dict], path: Path, thumb: int = 96) -> None:
-    """Each query beside its top-k, labelled with label and score (green = same class)."""
+    """Each query beside its top-k, labelled with label and similarity (green = same class)."""
     from PIL import Image, ImageDraw, ImageFont
 
     k = max(len(r["hits"]) for r in results)
@@ -178,7 +187,7 @@ def _draw_results(results: list[dict], path: Path, thumb: int = 96) -> None:
         y = 8 + row * (thumb + label_h + 8)
         tiles = [(r["query"], f"query\n{r['label']}", "black")]
         tiles += [(h["attributes"].get("source", ""),
-                   f"{h['attributes'].get('label', '?')}\n{h['score']:.3f}",
+                   f"{h['attributes'].get('label', '?')}\n{_similarity_text(h)}",
                    "darkgreen" if h["attributes"].get("label") == r["label"] else "red")
                   for h in r["hits"]]
         for col, (source, text, colour) in enumerate(tiles):
