@@ -84,6 +84,14 @@ class Enrolled:
             self.index.info.version
 
 
+def _as_field(name: str, check: Callable[[Any], Any], value: Any) -> Any:
+    """``check(value)``, its refusal naming the request field (the API answers 422 with it)."""
+    try:
+        return check(value)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc.message}", field=name) from exc
+
+
 class SearchService:
     """``settings``: which Redis and index, the limits; ``encoder``: the loaded model (None:
     search by vector or id only). ``observe(stage, seconds)`` hears how long each step took."""
@@ -147,10 +155,8 @@ class SearchService:
     @staticmethod
     def check_filter(expression: str | None) -> str | None:
         """The filter as given (stripped), or None; the index's parser says what is wrong."""
-        try:
-            return expression.strip() if parse_filter(expression) else None
-        except InputError as exc:
-            raise InputError(f"filter: {exc.message}", field="filter") from exc
+        rendered = _as_field("filter", parse_filter, expression)
+        return expression.strip() if rendered else None
 
     @staticmethod
     def check_threshold(threshold: float | None) -> float | None:
@@ -161,24 +167,15 @@ class SearchService:
 
     @staticmethod
     def check_id(image_id: str) -> str:
-        try:
-            return check_id(image_id)
-        except InputError as exc:
-            raise InputError(f"id: {exc.message}", field="id") from exc
+        return _as_field("id", check_id, image_id)
 
     @staticmethod
     def check_label(label: str) -> str:
-        try:
-            return check_label(label)
-        except InputError as exc:
-            raise InputError(f"label: {exc.message}", field="label") from exc
+        return _as_field("label", check_label, label)
 
     @staticmethod
     def check_attributes(attributes: dict[str, Any] | None) -> dict[str, Any]:
-        try:
-            return check_attributes(attributes or {})
-        except InputError as exc:
-            raise InputError(f"attributes: {exc.message}", field="attributes") from exc
+        return _as_field("attributes", check_attributes, attributes or {})
 
     @staticmethod
     def check_vector(vector: Sequence[float] | np.ndarray, index: VectorIndex) -> np.ndarray:
