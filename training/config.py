@@ -27,6 +27,7 @@ MINING = ("batch-all", "batch-hard", "semi-hard", "random")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 DUPLICATE_POLICIES = ("merge", "drop", "error")
+DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that must be equal to resume a run: they decide the model, its data or its split.
 RESUME_KEYS = ("data", "arch", "embedding_dim", "base_channels", "image_size", "channels",
@@ -149,6 +150,9 @@ class TrainConfig:
     time_budget_s: float = option(0.0, "stop training after this many minutes (0: no budget)",
                                   "run", flag="--time-budget", metavar="MINUTES", scale=60.0)
     threads: int = option(0, "torch threads (0: torch's default)", "run", auto=True)
+    device: str = option("auto", "where torch trains: cuda (a GPU), cpu, or auto (cuda when "
+                         "torch sees one, else cpu); the checkpoint is saved for CPU either way",
+                         "run", choices=DEVICES)
     resume: bool = option(False, "continue the run in --out", "run")
 
     def preprocessing(self) -> Preprocessing:

@@ -10,7 +10,7 @@ from twinstream.cli.main import add_command, add_group
 from twinstream.errors import InputError
 
 REDIS = ("redis.url", "redis.index")
-SEARCH = (*REDIS, "redis.ef", "model.path")
+SEARCH = (*REDIS, "redis.ef", "model.path", "model.providers")
 
 
 def register(subparsers) -> None:
