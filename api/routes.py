@@ -348,7 +348,8 @@ def clusters_out(request: Request, index, clustering: Clustering, reason: str,
               for c in clustering.clusters[:limit]]
     return ClustersResponse(
         index=index.info.name, model_version=index.info.version, method=clustering.method,
-        threshold=clustering.threshold, threshold_reason=reason, warning=warning,
+        resolution=clustering.resolution, threshold=clustering.threshold,
+        threshold_reason=reason, warning=warning,
         items=clustering.items, clustered=clustering.clustered, edges=clustering.edges,
         total_clusters=len(clustering.clusters), clusters=listed,
         timings_s=clustering.timings_s)
@@ -363,11 +364,17 @@ async def list_clusters(request: Request,
                         min_size: Annotated[int, Query(ge=1)] = DEFAULT_MIN_SIZE,
                         unlabeled_only: bool = False,
                         neighbours: Neighbours = DEFAULT_NEIGHBOURS,
+                        resolution: Annotated[float | None, Query(
+                            description="Leiden CPM resolution: the cosine weight a cluster "
+                                        "needs per pair of members; default 0.0125 x "
+                                        "neighbours")] = None,
                         limit: Limit = 100) -> ClustersResponse:
     """Groups of look-alike items of the live index (candidate identities): each item's nearest
-    neighbours above the threshold make a graph; its Leiden communities are the clusters."""
+    neighbours above the threshold make a graph; its Leiden (CPM) communities are the
+    clusters."""
     found = await blocking(service(request).clusters, threshold, min_size,
-                           unlabeled_only=unlabeled_only, neighbours=neighbours)
+                           unlabeled_only=unlabeled_only, neighbours=neighbours,
+                           resolution=resolution)
     return clusters_out(request, found.index, found.clustering, found.threshold_reason,
                         found.warning, limit)
 
@@ -396,7 +403,7 @@ async def label_cluster(request: Request, cluster: str, body: LabelClusterReques
     of the identity (its prototype: the normalised mean of their vectors)."""
     done = await blocking(service(request).label_cluster, cluster, body.label, body.ids,
                           threshold=body.threshold, min_size=body.min_size,
-                          unlabeled_only=body.unlabeled_only)
+                          unlabeled_only=body.unlabeled_only, resolution=body.resolution)
     return LabelClusterResponse(cluster=done.cluster, label=done.label, ids=done.ids,
                                 references=done.references, skipped=done.skipped,
                                 model_version=done.index.info.version)

@@ -164,8 +164,10 @@ class ClusterOut(BaseModel):
 class ClustersResponse(BaseModel):
     index: str
     model_version: str
-    method: str = Field(description="leiden-modularity (clusters) or connected-components "
+    method: str = Field(description="leiden-cpm (clusters) or connected-components "
                                     "(near-duplicates)")
+    resolution: float | None = Field(None, description="Leiden CPM's resolution: the cosine "
+                                     "weight a cluster needs per pair of members")
     threshold: float = Field(description="cosine at which two items are neighbours")
     threshold_reason: str
     warning: str | None = None
@@ -190,6 +192,7 @@ class LabelClusterRequest(BaseModel):
     threshold: float | None = Field(None, description="as given to GET /clusters")
     min_size: int = Field(2, description="as given to GET /clusters")
     unlabeled_only: bool = Field(False, description="as given to GET /clusters")
+    resolution: float | None = Field(None, description="as given to GET /clusters")
 
 
 class LabelClusterResponse(BaseModel):

@@ -425,7 +425,8 @@ class SearchService:
 
     def clusters(self, threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE, *,
                  unlabeled_only: bool = False, neighbours: int = DEFAULT_NEIGHBOURS,
-                 write: bool = False, progress: Callable | None = None) -> Clusters:
+                 resolution: float | None = None, write: bool = False,
+                 progress: Callable | None = None) -> Clusters:
         """Groups of items of the live index that look like one identity (``index.clusters``):
         neighbours at or above ``threshold`` (default: the model card's pair threshold), then
         Leiden communities; with ``write``, each item's ``cluster`` attribute is set."""
@@ -433,7 +434,8 @@ class SearchService:
         threshold, reason, warning = pair_threshold(index.info, self.check_threshold(threshold))
         clustering = discover(index, threshold, min_size=min_size,
                               unlabeled_only=unlabeled_only, neighbours=neighbours,
-                              ef=self.settings.redis.ef or None, progress=progress)
+                              resolution=resolution, ef=self.settings.redis.ef or None,
+                              progress=progress)
         written = write_clusters(index, clustering) if write else None
         return Clusters(index, clustering, reason, warning, written)
 
@@ -456,8 +458,8 @@ class SearchService:
 
     def label_cluster(self, cluster: str, label: str, ids: Sequence[str] | None = None, *,
                       threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE,
-                      unlabeled_only: bool = False, neighbours: int = DEFAULT_NEIGHBOURS
-                      ) -> LabelledCluster:
+                      unlabeled_only: bool = False, neighbours: int = DEFAULT_NEIGHBOURS,
+                      resolution: float | None = None) -> LabelledCluster:
         """Enroll the members of a cluster as one identity ``label``: each member gets the
         label (and the cluster) in its attributes and becomes a reference of the identity
         (``Identities.add``: the prototype is the normalised mean of the members' stored
@@ -473,7 +475,7 @@ class SearchService:
             index = self.live_index(fresh=True)
         else:
             found = self.clusters(threshold, min_size, unlabeled_only=unlabeled_only,
-                                  neighbours=neighbours)
+                                  neighbours=neighbours, resolution=resolution)
             match = [c for c in found.clustering.clusters if c.id == cluster]
             if not match:
                 raise NotFoundError(f"no cluster {cluster} in index "

@@ -47,7 +47,7 @@ def test_clusters_come_as_rows_of_members_with_thumbnails(cluster_server):
     body = r.json()
     assert body["total_clusters"] == GROUPS and body["items"] == 60 and body["clustered"] == 60
     assert {frozenset(m["id"] for m in c["members"]) for c in body["clusters"]} == truth
-    assert body["method"] == "leiden-modularity" and body["threshold"] == 0.8
+    assert body["method"] == "leiden-cpm" and body["threshold"] == 0.8
     first = body["clusters"][0]
     assert first["cover"] == first["members"][0]
     thumb = server.client.get(first["cover"]["thumbnail_url"])

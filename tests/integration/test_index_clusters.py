@@ -46,7 +46,7 @@ def test_clusters_are_the_true_groups(client, settings, shards):
     found = service(settings).clusters()
     assert "pair threshold" in found.threshold_reason and found.warning is None
     assert {frozenset(c.members) for c in found.clustering.clusters} == groups
-    assert found.clustering.items == 160 and found.clustering.method == "leiden-modularity"
+    assert found.clustering.items == 160 and found.clustering.method == "leiden-cpm"
     assert all(c.id == cluster_id(c.members) for c in found.clustering.clusters)
 
 

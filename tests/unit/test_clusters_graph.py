@@ -14,10 +14,14 @@ from index.clusters import (
     cluster_id,
     communities,
     components,
+    default_resolution,
     is_unlabeled,
+    modularity_communities,
     summarise,
 )
 from twinstream.errors import InputError
+
+RESOLUTION = default_resolution(16)
 
 
 def clique(nodes, weight=0.9):
@@ -40,23 +44,47 @@ def test_components_chain_two_groups_through_one_bridge():
 
 
 def test_leiden_cuts_the_bridge_and_keeps_each_group_whole():
-    found = as_sets(communities(two_cliques_and_a_bridge()))
+    found = as_sets(communities(two_cliques_and_a_bridge(), RESOLUTION))
     assert found == [frozenset(range(6)), frozenset(range(6, 12)), frozenset({12})]
 
 
 def test_leiden_never_joins_pieces_that_share_no_edge():
     graph = build_graph(6, [(0, 1, 0.9), (2, 3, 0.9), (4, 5, 0.9)])
-    assert as_sets(communities(graph)) == [{0, 1}, {2, 3}, {4, 5}]
+    assert as_sets(communities(graph, RESOLUTION)) == [{0, 1}, {2, 3}, {4, 5}]
 
 
 def test_a_seed_makes_the_communities_reproducible():
     graph = build_graph(40, [(a, b, 0.5 + ((a * 7 + b) % 5) / 10)
                              for a in range(40) for b in range(a + 1, 40) if (a * b) % 7 < 2])
-    assert communities(graph, seed=3) == communities(graph, seed=3)
+    assert communities(graph, RESOLUTION, seed=3) == communities(graph, RESOLUTION, seed=3)
 
 
 def test_an_edgeless_graph_is_all_singletons():
-    assert communities(build_graph(3, [])) == [[0], [1], [2]]
+    assert communities(build_graph(3, []), RESOLUTION) == [[0], [1], [2]]
+
+
+def ring_of_small_groups(groups=30, size=4):
+    """``groups`` cliques of ``size`` (cosine 0.9), each tied to the next by one 0.6 pair."""
+    edges = []
+    for g in range(groups):
+        first = g * size
+        edges += clique(range(first, first + size))
+        edges.append((first + size - 1, (first + size) % (groups * size), 0.6))
+    return build_graph(groups * size, edges), [set(range(g * size, (g + 1) * size))
+                                               for g in range(groups)]
+
+
+def test_cpm_keeps_small_groups_that_modularity_merges():
+    """Modularity's resolution limit: in a big sparse graph it cannot see small communities
+    and merges neighbouring ones; CPM judges each group by its own density."""
+    graph, truth = ring_of_small_groups()
+    assert sorted(as_sets(communities(graph, RESOLUTION)), key=min) == truth
+    assert len(modularity_communities(graph)) < len(truth)
+
+
+def test_the_default_resolution_grows_with_the_neighbours():
+    assert default_resolution(16) == pytest.approx(0.2)
+    assert default_resolution(32) == pytest.approx(2 * default_resolution(16))
 
 
 def test_repeated_pairs_keep_the_higher_weight_and_self_loops_go():
