@@ -1,7 +1,8 @@
 """mkdocs hook: adds the pages generated from the code (configuration table, CLI reference).
 
-Registered in mkdocs.yml (``hooks:``). The generators live in ``twinstream/cli/docs.py``; they run on
-every build, so the site cannot fall behind the settings declarations or the argument parsers.
+Registered in mkdocs.yml (``hooks:``). The generators live in ``twinstream/cli/docs.py``; they
+run on every build, so the site cannot fall behind the settings declarations or the argument
+parsers.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ def configuration_page() -> str:
 
 Settings come from `TWINSTREAM_*` environment variables, overridden by command-line flags.
 An unknown `TWINSTREAM_*` variable is an error, so a typo never silently falls back to a default.
-Containers take their settings from the same variables (see [Deployment](../operations/deployment.md)).
+Containers take their settings from the same variables
+(see [Deployment](../operations/deployment.md)).
 
 This page is generated from the settings declarations (`twinstream/settings.py`) when the site is
 built: a new setting appears here by itself.
@@ -98,7 +99,8 @@ def options(parser: argparse.ArgumentParser) -> list[str]:
         lines += [f"**{text(group.title or 'options')}**", "", "| option | meaning |",
                   "| --- | --- |"]
         for action in actions:
-            lines.append(f"| `{invocation(formatter, action)}` | {cell(meaning(formatter, action))} |")
+            flag, help_text = invocation(formatter, action), meaning(formatter, action)
+            lines.append(f"| `{flag}` | {cell(help_text)} |")
         lines.append("")
     return lines
 
