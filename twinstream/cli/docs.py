@@ -2,8 +2,11 @@
 declarations in ``twinstream/settings.py``) and the CLI reference (from ``build_parser()``).
 
 Nothing here is typed by hand: ``docs/hooks.py`` calls these functions on every ``mkdocs build``,
-so a new setting or flag appears on the site by itself. ``python -m twinstream.cli.docs
-configuration|cli`` prints a page (to read it without building the site).
+so a new setting or flag appears on the site by itself. A copy of each page is kept in
+``docs/reference/`` so that links to it work where the site is not built (the README on a code
+host); ``tests/unit/test_docs_site.py`` fails when a copy and the code disagree, and
+``python -m twinstream.cli.docs --write`` brings the copies up to date.
+``python -m twinstream.cli.docs configuration|cli`` prints one page.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 import sys
+from pathlib import Path
 
 from twinstream.settings import settings_table
 
@@ -143,12 +147,31 @@ def cell(value: str) -> str:
 
 
 PAGES = {"configuration": configuration_page, "cli": cli_page}
+GENERATED = {CONFIGURATION_PAGE: configuration_page, CLI_PAGE: cli_page}
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def write(docs: Path = DOCS) -> list[Path]:
+    """Bring the kept copies of the generated pages up to date; return those that changed."""
+    changed = []
+    for src_uri, render in GENERATED.items():
+        path = docs / src_uri
+        text = render()
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            changed.append(path)
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--write"]:
+        for path in write():
+            print(f"updated {path}")
+        return 0
     if len(args) != 1 or args[0] not in PAGES:
-        print(f"usage: python -m twinstream.cli.docs {'|'.join(PAGES)}", file=sys.stderr)
+        print(f"usage: python -m twinstream.cli.docs {'|'.join(PAGES)}|--write", file=sys.stderr)
         return 2
     sys.stdout.write(PAGES[args[0]]())
     return 0
