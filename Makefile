@@ -33,8 +33,10 @@ $(SYSTEM_STAMP): Makefile | $(STAMP)
 
 system-packages: $(SYSTEM_STAMP)
 
+# ruff for the code; import-linter for the layering of DESIGN.md (contracts in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) $(SYSTEM_STAMP) lint
 	$(PY) -m pytest

@@ -13,21 +13,42 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware import Middleware
 
 from api.errors import install_error_handlers
+from api.ingest import StreamWriter
 from api.limits import BodyLimitMiddleware, TimeoutMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import blocking, router
-from api.service import SearchService
+from index.service import SearchService
 from twinstream import __version__
+from twinstream.errors import ConfigError
 from twinstream.runtime import Encoder
-from twinstream.settings import Settings
+from twinstream.settings import ApiSettings, Settings
 
 STATIC = Path(__file__).parent / "static"
+
+
+def api_token(settings: ApiSettings) -> str:
+    """The bearer token write endpoints need: the setting, else the first line of the token
+    file (a Docker or Kubernetes secret); empty: no token."""
+    if settings.token or not settings.token_file:
+        return settings.token
+    try:
+        token = Path(settings.token_file).read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the API token file {settings.token_file}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    if not token or not token[0].strip():
+        raise ConfigError(f"the API token file {settings.token_file} is empty")
+    return token[0].strip()
 
 
 def create_app(settings: Settings, encoder: Encoder | None = None) -> FastAPI:
     """The app for ``settings``; ``encoder`` is the loaded model (None: vector search only)."""
     metrics = ApiMetrics()
-    service = SearchService(settings, encoder, metrics)
+    if encoder is not None:
+        metrics.model.labels(encoder.version).set(1)
+    service = SearchService(settings, encoder,
+                            observe=lambda stage, s: metrics.stage.labels(stage).observe(s))
+    writer = StreamWriter(settings.kafka, service)
     middleware = [  # outermost first: metrics see the 413s and 504s the others answer
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(TimeoutMiddleware, seconds=settings.api.request_timeout_s),
@@ -42,7 +63,8 @@ def create_app(settings: Settings, encoder: Encoder | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        await blocking(service.close)  # flushes the producer, closes Redis
+        await blocking(writer.close)  # flushes the producer
+        await blocking(service.close)
 
     app = FastAPI(
         title="twinstream", version=__version__, middleware=middleware, lifespan=lifespan,
@@ -50,6 +72,9 @@ def create_app(settings: Settings, encoder: Encoder | None = None) -> FastAPI:
                     "index. Write endpoints need `Authorization: Bearer <token>` when the "
                     "server has TWINSTREAM_API_TOKEN set.")
     app.state.service = service
+    app.state.stream = writer
+    app.state.metrics = metrics
+    app.state.token = api_token(settings.api)
     install_error_handlers(app)
     app.include_router(router)
     _add_operational_routes(app, service, metrics)

@@ -22,12 +22,16 @@ from twinstream.errors import (
     ConfigError,
     ImageDecodeError,
     IndexMismatchError,
+    IndexNotReadyError,
     InputError,
     ModelError,
     NotFoundError,
+    OverloadedError,
     ServiceUnavailable,
+    TooLargeError,
     TwinstreamError,
 )
+from twinstream.fields import printable
 
 log = logging.getLogger("twinstream.api")
 
@@ -45,10 +49,24 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, detail: Any = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": _code(status), "message": message, "status": status}
+    body: dict[str, Any] = {"error": _code(status), "message": _printable(message),
+                            "status": status}
     if detail is not None:
-        body["detail"] = detail
+        body["detail"] = _printable(detail)
     return body
+
+
+def _printable(value: Any) -> Any:
+    """Error bodies echo what the client sent (field names, ids): escape what could not be
+    encoded as UTF-8 (a lone surrogate made the response itself fail and the connection drop)
+    or would move a terminal's cursor."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
 
 
 def error_response(status: int, message: str, detail: Any = None,
@@ -64,16 +82,33 @@ def _code(status: int) -> str:
 
 
 def status_of(exc: TwinstreamError) -> int:
-    """The HTTP status of one of the project's exceptions."""
+    """The HTTP status of one of the project's exceptions: the one place where the search
+    service's errors (``index/service.py``) become HTTP."""
+    if isinstance(exc, IndexNotReadyError):
+        return 503  # no index yet: the server is not ready, the request may be fine
     if isinstance(exc, NotFoundError):
         return 404
     if isinstance(exc, IndexMismatchError):
         return 409  # the model and the live index disagree: not the client's fault, not transient
     if isinstance(exc, (ServiceUnavailable, ModelError, ConfigError)):
         return 503
-    if isinstance(exc, (ImageDecodeError, InputError)):
-        return 400
+    if isinstance(exc, TooLargeError):
+        return 413
+    if isinstance(exc, ImageDecodeError):
+        return 415 if exc.not_an_image else 400
+    if isinstance(exc, InputError) and exc.field:
+        return 422  # a field of the request is wrong: say which
     return 400
+
+
+def response_for(exc: TwinstreamError) -> JSONResponse:
+    status = status_of(exc)
+    message = exc.message.splitlines()[0]
+    field = getattr(exc, "field", None)
+    detail = [{"field": field, "message": message}] if field and status == 422 else None
+    headers = ({"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError)
+               else None)
+    return error_response(status, message, detail, headers)
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
@@ -92,7 +127,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TwinstreamError)
     async def _twinstream_error(_request: Request, exc: TwinstreamError) -> JSONResponse:
-        return error_response(status_of(exc), exc.message.splitlines()[0])
+        return response_for(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -113,6 +148,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _kafka_error(_request: Request, exc: KafkaError) -> JSONResponse:
         log.warning("kafka error: %s", exc)
         return error_response(503, f"Kafka is unavailable: {type(exc).__name__}")
+
+    @app.exception_handler(UnicodeDecodeError)
+    async def _not_utf8(_request: Request, exc: UnicodeDecodeError) -> JSONResponse:
+        return error_response(400, "the request holds text that is not UTF-8")
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_request: Request, exc: RecursionError) -> JSONResponse:
+        return error_response(400, "the request body is nested too deeply")
 
     @app.exception_handler(Exception)
     async def _bug(_request: Request, exc: Exception) -> JSONResponse:

@@ -15,11 +15,17 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from api.errors import ApiError
+from api.ingest import StreamWriter
 from api.schemas import (
     DeleteResponse,
     EnrollResponse,
     ErrorResponse,
     HitOut,
+    IdentitiesResponse,
+    IdentityHitOut,
+    IdentityOut,
+    IdentityRemovedResponse,
+    IdentityResponse,
     IngestResponse,
     ItemResponse,
     RecognizeResponse,
@@ -28,8 +34,11 @@ from api.schemas import (
     VectorQuery,
     VerifyResponse,
 )
-from api.service import SearchResult, SearchService
+from index.identities import Identity, IdentityHit
+from index.service import SearchResult, SearchService
 from index.store import Hit
+from twinstream.errors import InputError
+from twinstream.fields import parse_attributes
 
 MAX_INGEST_FILES = 64
 
@@ -55,10 +64,15 @@ def service(request: Request) -> SearchService:
     return request.app.state.service
 
 
+def stream(request: Request) -> StreamWriter:
+    return request.app.state.stream
+
+
 def require_token(request: Request,
                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-    """Write endpoints need ``Authorization: Bearer <TWINSTREAM_API_TOKEN>`` when one is set."""
-    token = request.app.state.service.settings.api.token
+    """Write endpoints need ``Authorization: Bearer <token>`` when the server has one
+    (``TWINSTREAM_API_TOKEN`` or the file ``--token-file`` names)."""
+    token = request.app.state.token
     if not token:
         return
     given = credentials.credentials if credentials else ""
@@ -71,9 +85,20 @@ def thumbnail_url(request: Request, image_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/items/{quote(image_id, safe='')}/thumbnail"
 
 
-def hit_out(request: Request, hit: Hit) -> HitOut:
-    return HitOut(id=hit.id, score=hit.score, attributes=hit.attributes,
-                  thumbnail_url=thumbnail_url(request, hit.id))
+def hit_out(request: Request, hit: Hit, probability: float | None = None) -> HitOut:
+    return HitOut(id=hit.id, score=hit.score, probability=probability,
+                  attributes=hit.attributes, thumbnail_url=thumbnail_url(request, hit.id))
+
+
+def identity_out(request: Request, identity: Identity) -> IdentityOut:
+    return IdentityOut(label=identity.label, references=identity.references,
+                       thumbnail_url=thumbnail_url(request, identity.cover))
+
+
+def identity_hit_out(request: Request, hit: IdentityHit, probability: float | None
+                     ) -> IdentityHitOut:
+    return IdentityHitOut(**identity_out(request, hit.identity).model_dump(), score=hit.score,
+                          probability=probability)
 
 
 def _server_timing(timings: dict[str, float]) -> dict[str, str]:
@@ -136,8 +161,10 @@ async def search(request: Request) -> Response:
 async def _json_body(request: Request) -> Any:
     try:
         return await request.json()
+    except RecursionError as exc:
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"body is not valid JSON: {str(exc)[:200]}") from exc
 
 
 def _validated(model, data: Any):
@@ -147,7 +174,7 @@ def _validated(model, data: Any):
         detail = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
                   for e in exc.errors()]
         first = detail[0] if detail else {"field": "", "message": "invalid"}
-        raise ApiError(422, f"{first['field'] or 'body'}: {first['message']}", detail) from None
+        raise ApiError(422, f"{first['field'] or 'body'}: {first['message']}", detail) from exc
 
 
 def _search_response(request: Request, result: SearchResult, k: int, filt: str | None
@@ -156,7 +183,8 @@ def _search_response(request: Request, result: SearchResult, k: int, filt: str |
     body = SearchResponse(
         model_version=info.version, index={"name": info.name, "version": info.version,
                                            "dim": info.dim},
-        k=k, filter=filt, hits=[hit_out(request, h) for h in result.hits],
+        k=k, filter=filt, hits=[hit_out(request, h, p) for h, p in
+                                zip(result.hits, result.probabilities, strict=True)],
         timings_ms=result.timings_ms)
     return JSONResponse(body.model_dump(), headers=_server_timing(result.timings_ms))
 
@@ -190,9 +218,10 @@ async def get_item(request: Request, item_id: str,
                responses=_errors(401, 422, 503), tags=["write"])
 async def delete_item(request: Request, item_id: str) -> DeleteResponse:
     """Publish a tombstone for the id; the workers remove it from the index."""
-    svc = service(request)
-    indexed = await blocking(svc.delete, item_id)
-    return DeleteResponse(id=item_id, indexed=indexed, topic=svc.settings.kafka.topic)
+    writer = stream(request)
+    indexed = await blocking(writer.delete, item_id)
+    request.app.state.metrics.published.labels("tombstone").inc()
+    return DeleteResponse(id=item_id, indexed=indexed, topic=writer.settings.topic)
 
 
 # --- one-shot recognition ----------------------------------------------------------------------
@@ -205,18 +234,26 @@ Threshold = Annotated[float | None, Form(
 @router.post("/recognize", response_model=RecognizeResponse,
              responses=_errors(400, 409, 413, 415, 422, 503, 504), tags=["recognition"])
 async def recognize_image(request: Request, image: ImageFile,
-                          k: Annotated[int, Form(ge=1)] = 5,
-                          threshold: Threshold = None) -> RecognizeResponse:
-    """The label of the nearest enrolled reference, or "unknown" below the threshold."""
+                          k: Annotated[int, Form(description="candidates, 1..max k")] = 5,
+                          threshold: Threshold = None,
+                          target_fpir: Annotated[float | None, Form(
+                              description="share of strangers that may be accepted; default "
+                                          "TWINSTREAM_RECOGNIZE_TARGET_FPIR")] = None
+                          ) -> RecognizeResponse:
+    """The enrolled identity nearest to the image (its prototype: the normalised mean of its
+    references), or "unknown" below the threshold; the threshold fits the number of enrolled
+    identities unless one is given, and the answer says which was used and why."""
     svc = service(request)
-    k, threshold = svc.check_k(k), svc.check_threshold(threshold)
-    result, index, timings = await blocking(svc.recognize, await image.read(), k, threshold)
+    result, index, timings = await blocking(svc.recognize, await image.read(), k, threshold,
+                                            target_fpir=target_fpir)
+    hits = [identity_hit_out(request, h, p)
+            for h, p in zip(result.hits, result.probabilities, strict=True)]
     return RecognizeResponse(
         label=result.label if result.known else "unknown", known=result.known,
-        score=result.score, threshold=result.threshold,
-        best=hit_out(request, result.best) if result.best else None,
-        hits=[hit_out(request, h) for h in result.hits], model_version=index.info.version,
-        timings_ms=timings)
+        score=result.score, probability=result.probability, threshold=result.threshold,
+        threshold_reason=result.threshold_reason, gallery_size=result.gallery_size,
+        warning=result.warning, best=hits[0] if hits else None, hits=hits,
+        model_version=index.info.version, timings_ms=timings)
 
 
 @router.post("/verify", response_model=VerifyResponse,
@@ -225,27 +262,64 @@ async def verify_pair(request: Request, a: ImageFile, b: ImageFile,
                       threshold: Threshold = None) -> VerifyResponse:
     """Whether two images show the same thing: their similarity against the threshold."""
     svc = service(request)
-    svc.check_threshold(threshold)
     result = await blocking(svc.verify, await a.read(), await b.read(), threshold)
-    return VerifyResponse(score=result.score, threshold=result.threshold, same=result.same,
+    return VerifyResponse(score=result.score, probability=result.probability,
+                          threshold=result.threshold, same=result.same,
                           model_version=svc.require_encoder().version)
 
 
 @router.post("/enroll", response_model=EnrollResponse, status_code=201,
              dependencies=[Depends(require_token)],
              responses=_errors(400, 401, 409, 413, 415, 422, 503, 504), tags=["write"])
-async def enroll_image(request: Request, image: ImageFile,
-                       label: Annotated[str, Form(min_length=1, max_length=200)],
-                       id: Annotated[str | None, Form(description="default: content hash")] = None,
+async def enroll_image(request: Request,
+                       image: Annotated[list[UploadFile], File(
+                           description=f"one or more reference images of the identity (at most "
+                                       f"{MAX_INGEST_FILES})")],
+                       label: Annotated[str, Form(description="the identity's name")],
+                       id: Annotated[str | None, Form(
+                           description="id of a single image; default: content hash")] = None,
                        attributes: Annotated[str | None, Form(
                            description="JSON object of extra attributes")] = None
                        ) -> EnrollResponse:
-    """Add one labelled reference image to the index now (no Kafka round trip)."""
+    """Add reference images to one identity now (no Kafka round trip); its prototype is
+    recomputed. Enrolling the same image again changes nothing."""
     svc = service(request)
-    attrs = svc.parse_attributes(attributes, None)
-    image_id, index = await blocking(svc.enroll, await image.read(), label, id, attrs)
-    return EnrollResponse(id=image_id, label=label.strip(), model_version=index.info.version,
-                          index=index.info.name)
+    if not 1 <= len(image) <= MAX_INGEST_FILES:
+        raise ApiError(422, f"send between 1 and {MAX_INGEST_FILES} images, got {len(image)}")
+    attrs = form_attributes(attributes, None)
+    done = await blocking(svc.enroll, [await u.read() for u in image], label, id, attrs)
+    return EnrollResponse(id=done.ids[0], ids=done.ids, label=done.label,
+                          references=done.references, model_version=done.index.info.version,
+                          index=done.index.info.name)
+
+
+# --- identities --------------------------------------------------------------------------------
+
+@router.get("/identities", response_model=IdentitiesResponse, responses=_errors(503),
+            tags=["recognition"])
+async def list_identities(request: Request) -> IdentitiesResponse:
+    """Every enrolled identity with its number of references."""
+    index, found = await blocking(service(request).identities)
+    return IdentitiesResponse(index=index.info.name, model_version=index.info.version,
+                              identities=[identity_out(request, i) for i in found])
+
+
+@router.get("/identities/{label:path}", response_model=IdentityResponse,
+            responses=_errors(404, 422, 503), tags=["recognition"])
+async def show_identity(request: Request, label: str) -> IdentityResponse:
+    """One identity and the ids of its reference images."""
+    index, found, refs = await blocking(service(request).identity, label)
+    return IdentityResponse(**identity_out(request, found).model_dump(), index=index.info.name,
+                            model_version=index.info.version, reference_ids=list(refs))
+
+
+@router.delete("/identities/{label:path}", response_model=IdentityRemovedResponse,
+               dependencies=[Depends(require_token)], responses=_errors(401, 404, 422, 503),
+               tags=["write"])
+async def remove_identity(request: Request, label: str) -> IdentityRemovedResponse:
+    """Remove an identity and its reference images from the index."""
+    _, refs = await blocking(service(request).remove_identity, label)
+    return IdentityRemovedResponse(label=label.strip(), removed_references=refs)
 
 
 @router.post("/ingest", response_model=IngestResponse, status_code=202,
@@ -261,12 +335,24 @@ async def ingest_images(request: Request,
                             description="JSON object of extra attributes")] = None
                         ) -> IngestResponse:
     """Publish images to the images topic; the workers embed and index them."""
-    svc = service(request)
+    writer = stream(request)
     if not 1 <= len(image) <= MAX_INGEST_FILES:
         raise ApiError(422, f"send between 1 and {MAX_INGEST_FILES} images, got {len(image)}")
     if id is not None and len(image) != 1:
         raise ApiError(422, "id names a single image; leave it out when sending several")
-    attrs = svc.parse_attributes(attributes, label)
+    attrs = form_attributes(attributes, label)
     uploads = [(await u.read(), u.content_type or "application/octet-stream") for u in image]
-    ids = await blocking(svc.ingest, uploads, id, attrs)
-    return IngestResponse(ids=ids, topic=svc.settings.kafka.topic)
+    ids = await blocking(writer.ingest, uploads, id, attrs)
+    request.app.state.metrics.published.labels("image").inc(len(ids))
+    return IngestResponse(ids=ids, topic=writer.settings.topic)
+
+
+def form_attributes(text: str | None, label: str | None) -> dict[str, Any]:
+    """Form fields ``attributes`` (a JSON object) and ``label``, checked like a record's."""
+    try:
+        attrs = parse_attributes(text)
+    except InputError as exc:
+        raise InputError(f"attributes: {exc.message}", field="attributes") from exc
+    if label is not None and label.strip():
+        attrs["label"] = SearchService.check_label(label)
+    return attrs

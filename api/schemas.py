@@ -14,7 +14,7 @@ class SearchOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    k: int = Field(10, ge=1, description="number of results")
+    k: int = Field(10, description="number of results, 1..TWINSTREAM_API_MAX_K")
     filter: str | None = Field(None, description='attribute filter, e.g. .label == "cat"')
 
 
@@ -26,7 +26,7 @@ class VectorQuery(BaseModel):
     vector: list[float] | None = Field(None, max_length=MAX_VECTOR_VALUES,
                                        description="query embedding (the index's dimension)")
     id: str | None = Field(None, description="id of an indexed item to use as the query")
-    k: int = Field(10, ge=1, description="number of results")
+    k: int = Field(10, description="number of results, 1..TWINSTREAM_API_MAX_K")
     filter: str | None = Field(None, description='attribute filter, e.g. .label == "cat"')
 
     @model_validator(mode="after")
@@ -39,8 +39,23 @@ class VectorQuery(BaseModel):
 class HitOut(BaseModel):
     id: str
     score: float = Field(description="cosine similarity, -1..1")
+    probability: float | None = Field(
+        None, description="P(same identity) from the model card's calibration; null for a "
+                          "model exported without one")
     attributes: dict[str, Any]
     thumbnail_url: str
+
+
+class IdentityOut(BaseModel):
+    label: str
+    references: int = Field(description="reference images enrolled for this identity")
+    thumbnail_url: str = Field(description="the thumbnail of one of its references")
+
+
+class IdentityHitOut(IdentityOut):
+    score: float = Field(description="cosine similarity with the identity's prototype "
+                                     "(the normalised mean of its references)")
+    probability: float | None = Field(None, description="P(same identity), when calibrated")
 
 
 class IndexRef(BaseModel):
@@ -68,28 +83,52 @@ class ItemResponse(BaseModel):
 
 
 class RecognizeResponse(BaseModel):
-    label: str = Field(description='the recognised label, or "unknown"')
+    label: str = Field(description='the recognised identity, or "unknown"')
     known: bool
-    score: float
+    score: float = Field(description="cosine similarity with the best identity's prototype")
+    probability: float | None = Field(None, description="P(same identity) of the best match")
     threshold: float
-    best: HitOut | None
-    hits: list[HitOut]
+    threshold_reason: str = Field(description="which threshold was used, and why")
+    gallery_size: int = Field(description="identities enrolled when the threshold was chosen")
+    warning: str | None = None
+    best: IdentityHitOut | None
+    hits: list[IdentityHitOut]
     model_version: str
     timings_ms: dict[str, float]
 
 
 class VerifyResponse(BaseModel):
     score: float
+    probability: float | None = Field(None, description="P(same identity), when calibrated")
     threshold: float
     same: bool
     model_version: str
 
 
 class EnrollResponse(BaseModel):
-    id: str
+    id: str = Field(description="the first reference's id")
+    ids: list[str] = Field(description="every reference enrolled by this request")
     label: str
+    references: int = Field(description="the identity's references after this request")
     model_version: str
     index: str
+
+
+class IdentitiesResponse(BaseModel):
+    index: str
+    model_version: str
+    identities: list[IdentityOut]
+
+
+class IdentityResponse(IdentityOut):
+    index: str
+    model_version: str
+    reference_ids: list[str]
+
+
+class IdentityRemovedResponse(BaseModel):
+    label: str
+    removed_references: list[str]
 
 
 class IngestResponse(BaseModel):

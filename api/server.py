@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import socket
 
 from twinstream.errors import ConfigError
-from twinstream.output import Output
-from twinstream.settings import Settings
 
 # Long enough for in-flight searches to finish, short enough for a rolling restart.
 GRACEFUL_SHUTDOWN_S = 10
@@ -40,39 +39,24 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                          "(pick another --port or TWINSTREAM_API_PORT)") from None
+                          "(pick another --port or TWINSTREAM_API_PORT)") from exc
     sock.set_inheritable(True)
     return sock
 
 
-def serve(settings: Settings, out: Output) -> int:
+def run(app, sock: socket.socket, quiet: bool = False) -> None:
+    """Serve ``app`` on the bound ``sock`` until SIGINT/SIGTERM."""
     import uvicorn
 
-    from api.app import create_app
-    from twinstream.runtime import Encoder
-
-    encoder = None
-    if settings.model.path:
-        # One image per request, requests embedded concurrently: one intra-op thread each is
-        # fastest, and it leaves no idle onnxruntime threads spin-waiting on the cores Redis
-        # needs (bench/api_bench.py measured index queries 5-8x slower with the default pool).
-        # An explicit --threads / TWINSTREAM_MODEL_THREADS still wins.
-        encoder = Encoder(settings.model.path, threads=settings.model.threads or 1,
-                          max_pixels=settings.worker.max_image_pixels)
-    else:
-        out.warn("no model (--model or TWINSTREAM_MODEL_PATH): searching by image, recognise, "
-                 "verify and enroll answer 503; search by vector or id works")
-    app = create_app(settings, encoder)
-    host, port = settings.api.host, settings.api.port
-    sock = bind(host, port)
-    level = logging.WARNING if out.quiet or out.json_mode else logging.INFO
+    level = logging.WARNING if quiet else logging.INFO
     config = uvicorn.Config(app, log_level=level, access_log=level <= logging.INFO,
                             timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                             server_header=False)
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    out.result({"url": url, "model_version": encoder.version if encoder else None,
-                "index": settings.redis.index},
-               f"twinstream API on {url} (docs at {url}docs); Ctrl-C stops it")
     _server_class()(config).run(sockets=[sock])
-    out.info("stopped")
-    return 0
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"

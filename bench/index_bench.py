@@ -36,7 +36,8 @@ from index.connection import is_cluster  # noqa: E402
 from index.store import VectorIndex, connect  # noqa: E402
 from twinstream.modelcard import ModelCard  # noqa: E402
 from twinstream.preprocess import Preprocessing  # noqa: E402
-from twinstream.stack import LocalRedisCluster, redis_process  # noqa: E402
+from twinstream.redis_cluster import LocalRedisCluster  # noqa: E402
+from twinstream.stack import redis_process  # noqa: E402
 
 K = 10
 BATCH = 1000

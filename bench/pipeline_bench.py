@@ -11,7 +11,13 @@ Measured side by side in one run, on the same machine and the same model and bat
   cores go (the index insert and the broker share them with inference);
 - the worker's resident memory (RSS) along 10,000 images: it should stay flat;
 - publish -> queryable latency at a steady moderate rate: the time from ``send`` to the id
-  answering ``VISMEMBER`` in Redis, p50/p90/p99.
+  answering ``VISMEMBER`` in Redis, p50/p90/p99;
+- the cost of durable-before-commit (``worker/durable.py``): one process on a Redis with AOF,
+  ``TWINSTREAM_REDIS_DURABILITY`` none vs local (WAITAOF) with ``appendfsync everysec`` (the
+  default: a wait lasts until the next once-a-second fsync, so throughput is bounded by
+  ``max_in_flight`` batches a second), the same with more batches in flight, and local with
+  ``appendfsync always`` (WAITAOF answers at once; every write loop fsyncs). ``--only-durability``
+  runs just this part.
 
 The model is realistic, not the tests' tiny one: the ``small`` architecture trained briefly on
 coloured shapes at 64x64 (or ``--model``). Run it when nothing else is busy, and read the
@@ -46,7 +52,7 @@ from twinstream.messages import ImageMessage, content_id  # noqa: E402
 from twinstream.preprocess import preprocess_bytes  # noqa: E402
 from twinstream.runtime import Encoder  # noqa: E402
 from twinstream.settings import child_env, load_settings  # noqa: E402
-from twinstream.stack import LocalStack, with_services  # noqa: E402
+from twinstream.stack import LocalStack, redis_process, with_services  # noqa: E402
 from worker.heartbeat import list_workers  # noqa: E402
 from worker.kafka_io import ensure_topics, make_producer  # noqa: E402
 
@@ -318,6 +324,36 @@ def latency(settings, images: list[bytes], rate: float) -> dict:
             "mean_ms": round(statistics.fmean(ms), 1)}
 
 
+def durability_cost(settings, images: list[bytes], workdir: Path, services: dict) -> list[dict]:
+    """One process, the same images, on a Redis with AOF: none vs local, side by side."""
+    variants = [("none", "everysec", 0), ("local", "everysec", 0), ("local", "everysec", 12),
+                ("local", "always", 0)]
+    rows = []
+    for i, (level, fsync, in_flight) in enumerate(variants):
+        redis = redis_process(workdir / f"aof-{i}", appendonly=True,
+                              extra_args=["--appendfsync", fsync]).start()
+        try:
+            s = replace(settings, redis=replace(settings.redis, durability=level,
+                                                url=f"redis://127.0.0.1:{redis.port}/0",
+                                                index=f"bench-durable-{i}"),
+                        kafka=replace(settings.kafka, topic=f"bench-durable-{i}",
+                                      group=f"bench-durable-{i}"))
+            if in_flight:
+                s = replace(s, worker=replace(s.worker, max_in_flight=in_flight))
+            log(f"durability {level}, appendfsync {fsync}, max_in_flight "
+                f"{s.worker.max_in_flight}: {len(images):,} images")
+            result = end_to_end(s, images, 1, {**services, "redis": redis.pid})
+        finally:
+            redis.stop()
+        rows.append({"durability": level, "appendfsync": fsync,
+                     "max_in_flight": s.worker.max_in_flight,
+                     "images_per_s": result["images_per_s"]})
+    base = rows[0]["images_per_s"]
+    for row in rows:
+        row["vs_none"] = round(row["images_per_s"] / base, 3) if base else None
+    return rows
+
+
 def efficiency_ceiling(raw_images_per_s: float, cpu_ms_per_image: dict) -> float:
     """The best end-to-end / raw ratio possible when Redis and the broker run on the cores the
     raw inference had to itself: inference's CPU per image plus theirs, nothing else."""
@@ -376,8 +412,14 @@ def main() -> None:
                         help="latency run: images/s (default: a quarter of the measured "
                              "one-process throughput, a steady moderate load)")
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--durability-images", type=int, default=2_000,
+                        help="images per durability variant")
+    parser.add_argument("--only-durability", action="store_true",
+                        help="run only the durability comparison (own JSON: pipeline-durable)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    if args.only_durability:
+        return durability_only(args)
 
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
         workdir = Path(tmp)
@@ -444,6 +486,29 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"\nJSON: {args.out}")
+
+
+def durability_only(args) -> None:
+    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
+        workdir = Path(tmp)
+        model = Path(args.model) if args.model else train_small_model(workdir, args.train_seconds)
+        images = make_images(args.durability_images, seed=9)
+        with LocalStack(workdir=workdir / "stack", redis_url="unused://") as stack:
+            s = with_services(load_settings({}), stack)
+            s = replace(s, model=replace(s.model, path=str(model)),
+                        worker=replace(s.worker, batch=args.batch))
+            rows = durability_cost(s, images, workdir, {"broker": stack.broker.pid})
+    out = Path(args.out).with_name("pipeline-durable.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"batch": args.batch, "images": len(images), "variants": rows,
+                               "machine": {"cpus": os.cpu_count(),
+                                           "note": "shared machine; read the ratios"}},
+                              indent=2) + "\n")
+    print("durability  appendfsync  max_in_flight  images/s  vs none")
+    for r in rows:
+        print(f"{r['durability']:10s}  {r['appendfsync']:11s}  {r['max_in_flight']:13d}  "
+              f"{r['images_per_s']:8.1f}  {r['vs_none']}")
+    print(f"\nJSON: {out}")
 
 
 if __name__ == "__main__":

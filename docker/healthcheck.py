@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twinstream.errors import TwinstreamError
+from twinstream.probes import kafka_api_versions
 from twinstream.settings import Settings, load_settings
-from twinstream.stack import kafka_api_versions
 
 TIMEOUT_S = 3.0
 
@@ -73,7 +73,7 @@ def check_redis(settings: Settings) -> str:
     try:
         connect(settings.redis.url, timeout_s=TIMEOUT_S).close()
     except TwinstreamError as exc:
-        raise Unhealthy(exc.message) from None
+        raise Unhealthy(exc.message) from exc
     return "redis"
 
 
@@ -85,7 +85,7 @@ def check_api(settings: Settings) -> str:
     except urllib.error.HTTPError as exc:
         status = exc.code
     except (urllib.error.URLError, OSError) as exc:
-        raise Unhealthy(f"{url}: {getattr(exc, 'reason', exc)}") from None
+        raise Unhealthy(f"{url}: {getattr(exc, 'reason', exc)}") from exc
     if status != 200:
         raise Unhealthy(f"{url} answered {status}")
     return f"api {url}"
@@ -95,7 +95,7 @@ def check_torch(settings: Settings) -> str:
     try:
         import torch
     except Exception as exc:  # ImportError, or a CUDA build whose libraries do not load
-        raise Unhealthy(f"torch does not import: {exc}") from None
+        raise Unhealthy(f"torch does not import: {exc}") from exc
     return f"torch {torch.__version__} (cuda: {torch.cuda.is_available()})"
 
 

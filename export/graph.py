@@ -59,7 +59,7 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], opset: i
         except Exception as exc:
             hint = " (try --exporter torchscript)" if exporter == "dynamo" else ""
             raise ModelError(f"torch could not export the encoder with the {exporter} exporter"
-                             f"{hint}: {str(exc).strip().splitlines()[0]}") from None
+                             f"{hint}: {str(exc).strip().splitlines()[0]}") from exc
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ def check_parity(model: torch.nn.Module, proto: onnx.ModelProto, inputs: np.ndar
         single = run(session, inputs[:1])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the exported graph: "
-                         f"{str(exc).splitlines()[0]}") from None
+                         f"{str(exc).splitlines()[0]}") from exc
     if got.shape != expected.shape:
         raise ModelError(f"the exported graph outputs {list(got.shape)} for a batch where torch "
                          f"outputs {list(expected.shape)}")

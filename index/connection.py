@@ -62,15 +62,15 @@ def connect(url: str, timeout_s: float = 5.0) -> Client:
         if not _has_password(plain_url) and ("NOAUTH" in text or "authenticated" in text
                                              or isinstance(exc, redis.AuthenticationError)):
             raise ServiceUnavailable(
-                f"{where} needs a password (redis://:PASSWORD@host:port)") from None
+                f"{where} needs a password (redis://:PASSWORD@host:port)") from exc
         if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text:
-            raise ServiceUnavailable(f"{where} refused the credentials: {text}") from None
-        raise ServiceUnavailable(f"{where}: {text}") from None
+            raise ServiceUnavailable(f"{where} refused the credentials: {text}") from exc
+        raise ServiceUnavailable(f"{where}: {text}") from exc
     except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
         raise ServiceUnavailable(
-            f"cannot reach {where} ({exc}); is it running and is the URL right?") from None
+            f"cannot reach {where} ({exc}); is it running and is the URL right?") from exc
     except redis.RedisError as exc:  # e.g. a cluster whose slots are not all served
-        raise ServiceUnavailable(f"{where}: {type(exc).__name__}: {exc}") from None
+        raise ServiceUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
     require_vector_sets(client, url)
     return client
 
@@ -89,14 +89,14 @@ def is_cluster(client: Client) -> bool:
 def require_vector_sets(client: Client, url: str = "") -> None:
     try:
         client.execute_command("VCARD", "twinstream:probe:no-such-key")
-    except redis.ResponseError:
+    except redis.ResponseError as exc:
         info = client.info("server")
         if "redis_version" not in info:  # a cluster answers per node
             info = next(iter(info.values()), {})
         version = str(info.get("redis_version", "?"))
         raise ServiceUnavailable(
             f"Redis {version} at {safe_url(url)} has no vector sets: twinstream needs Redis >= 8.0 "
-            "vector sets (VADD/VSIM)") from None
+            "vector sets (VADD/VSIM)") from exc
 
 
 def _reason(exc: Exception) -> str:
@@ -107,6 +107,11 @@ def _reason(exc: Exception) -> str:
 
 # Server states that pass (a restart loading its AOF, a failover, memory pressure): a caller that
 # retries will succeed later, so they map to ServiceUnavailable like a lost connection.
+# redis-py turns some of those replies into classes of their own and drops the prefix from the
+# message ("OOM command not allowed" arrives as OutOfMemoryError("command not allowed ...")).
+TRANSIENT_ERRORS = (redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
+                    redis.exceptions.OutOfMemoryError, redis.exceptions.MasterDownError,
+                    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
                      "NOREPLICAS", "MISCONF", "BUSY")
 
@@ -122,25 +127,25 @@ def translate_errors(context: str, wrongtype: Callable[[], str] | None = None) -
     except TwinstreamError:
         raise
     except redis.AuthenticationError as exc:
-        raise ServiceUnavailable(f"{context}: Redis refused the credentials ({exc})") from None
+        raise ServiceUnavailable(f"{context}: Redis refused the credentials ({exc})") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ServiceUnavailable(f"{context}: lost the connection to Redis ({exc})") from None
+        raise ServiceUnavailable(f"{context}: lost the connection to Redis ({exc})") from exc
     except redis.ResponseError as exc:
         reason = _reason(exc)
-        if reason.startswith(TRANSIENT_REPLIES):
-            raise ServiceUnavailable(f"{context}: Redis is not ready ({reason})") from None
+        if isinstance(exc, TRANSIENT_ERRORS) or reason.startswith(TRANSIENT_REPLIES):
+            raise ServiceUnavailable(f"{context}: Redis is not ready ({reason})") from exc
         if "WRONGTYPE" in reason:
             detail = wrongtype() if wrongtype else "a key holds another type of value"
             raise ConfigError(f"{context}: {detail}; the index name is taken by something "
-                              "else: choose another --index or delete those keys") from None
+                              "else: choose another --index or delete those keys") from exc
         if "NOAUTH" in reason or "WRONGPASS" in reason:
-            raise ServiceUnavailable(f"{context}: Redis needs a password ({reason})") from None
+            raise ServiceUnavailable(f"{context}: Redis needs a password ({reason})") from exc
         if "FILTER" in reason:
-            raise InputError(f"{context}: Redis refused the filter ({reason})") from None
+            raise InputError(f"{context}: Redis refused the filter ({reason})") from exc
         if "dimension mismatch" in reason or "quantization mismatch" in reason:
-            raise IndexMismatchError(f"{context}: {reason}") from None
+            raise IndexMismatchError(f"{context}: {reason}") from exc
         if "element not found" in reason:
-            raise NotFoundError(f"{context}: no such id in the index") from None
-        raise TwinstreamError(f"{context}: Redis refused the command: {reason}") from None
+            raise NotFoundError(f"{context}: no such id in the index") from exc
+        raise TwinstreamError(f"{context}: Redis refused the command: {reason}") from exc
     except redis.RedisError as exc:
-        raise ServiceUnavailable(f"{context}: {type(exc).__name__}: {_reason(exc)}") from None
+        raise ServiceUnavailable(f"{context}: {type(exc).__name__}: {_reason(exc)}") from exc

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinstream.errors import InputError
+from twinstream.fields import check_text
 
 MAX_FILTER_CHARS = 4096
 MAX_DEPTH = 64
@@ -289,6 +290,7 @@ def parse_filter(text: str | None) -> str | None:
     """The filter checked and rendered for Redis; None for no filter (None or blank)."""
     if text is None or not text.strip():
         return None
+    check_text(text, "filter")
     if len(text) > MAX_FILTER_CHARS:
         raise InputError(f"filter is {len(text)} characters long; the limit is "
                          f"{MAX_FILTER_CHARS}")

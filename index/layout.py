@@ -11,6 +11,14 @@ Keys (``{...}`` is a Redis Cluster hash tag: keys with the same tag share a slot
     one shard:  twinstream:{<name>}:<version>:vset
     S shards:   twinstream:{<name>/<version>/<i>}:vset   for i in 0..S-1
 
+Identities (recognition; ``index/identities.py``), per version, all in the slot of ``{<name>}``:
+
+    twinstream:{<name>}:<version>:identities        vector set: label -> prototype (NOQUANT)
+    twinstream:{<name>}:<version>:identities-meta   hash: label -> JSON (references, cover id)
+    twinstream:{<name>}:<version>:identity-of       hash: reference id -> label
+    twinstream:{<name>}:<version>:identity:<digest> hash: reference id -> float32 vector, one
+                                                    per identity (digest: of its label)
+
 The alias, the version registry and the metadata share the slot of ``{<name>}`` so that promote and
 drop can check and change them in one atomic script, also on a cluster. A one-shard index keeps
 its vector set in that slot too; shards of a sharded index each get a tag of their own so a Redis
@@ -19,6 +27,7 @@ Cluster spreads them over its masters.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 
@@ -71,6 +80,29 @@ def meta_key(name: str, version: str) -> str:
 
 def thumbs_key(name: str) -> str:
     return _key(name, "thumbs")
+
+
+def identities_key(name: str, version: str) -> str:
+    return _key(name, f"{version}:identities")
+
+
+def identities_meta_key(name: str, version: str) -> str:
+    return _key(name, f"{version}:identities-meta")
+
+
+def identity_of_key(name: str, version: str) -> str:
+    return _key(name, f"{version}:identity-of")
+
+
+def identity_refs_key(name: str, version: str, label: str) -> str:
+    """The references of one identity; the label is hashed (labels are free text)."""
+    digest = hashlib.sha256(label.encode("utf-8")).hexdigest()[:24]
+    return _key(name, f"{version}:identity:{digest}")
+
+
+def identity_refs_pattern(name: str, version: str) -> str:
+    """A SCAN pattern for every identity's references of a version (for drop)."""
+    return f"{PREFIX}:{{{name}}}:{version}:identity:*"
 
 
 def shard_keys(name: str, version: str, shards: int) -> list[str]:

@@ -1,9 +1,13 @@
 """One-shot recognition and verification on top of the vector index.
 
-"Who is this, or unknown?": the nearest *labelled* reference's label when its similarity reaches
-the threshold (the model card's same/different threshold unless one is given), else unknown.
-Enrolment is an upsert of one reference image with its label, so a new person (class) is
-recognisable from one image, without retraining.
+"Who is this, or unknown?": the enrolled identity whose prototype (the normalised mean of its
+references, ``index/identities.py``) is most similar to the probe, when that similarity reaches
+the recognition threshold, else unknown. The threshold depends on how many identities are
+enrolled: a stranger compared with N identities has N chances to match one, so the model card
+holds the cut that keeps the share of strangers accepted (FPIR) at a target for each gallery
+size (``twinstream.calibration``); a given ``threshold`` overrides it. Every answer says which
+threshold it used and why, and a calibrated probability beside the raw cosine when the card has
+a calibration. Verification of two images keeps the pair threshold: one comparison, one chance.
 """
 
 from __future__ import annotations
@@ -14,21 +18,39 @@ from typing import Any
 
 import numpy as np
 
-from index.filters import parse_filter
-from index.store import Hit, VectorIndex
+from index.identities import Identities, IdentityHit
+from index.store import VectorIndex
+from twinstream.calibration import (
+    DEFAULT_TARGET_FPIR,
+    calibrated_probability,
+    check_threshold,
+    recognition_threshold,
+)
 from twinstream.errors import InputError
 
 DEFAULT_THRESHOLD = 0.5  # only when neither the caller nor the model card gives one
-LABELLED = ".label"  # a filter true for elements with a non-empty label
+
+
+def probability_of(card: Any, score: float | None) -> float | None:
+    """P(same identity) for one cosine, or None without a calibration in the card."""
+    if score is None:
+        return None
+    p = calibrated_probability(card, score)
+    return None if p is None else round(float(p), 6)
 
 
 @dataclass(frozen=True)
 class Recognition:
     label: str | None  # None: unknown
-    score: float  # similarity of the best match, -1..1 (-1 when the index is empty)
+    score: float  # cosine of the best identity's prototype, -1..1 (-1 when none is enrolled)
     threshold: float
-    best: Hit | None
-    hits: list[Hit] = field(default_factory=list)
+    best: IdentityHit | None
+    hits: list[IdentityHit] = field(default_factory=list)
+    probability: float | None = None  # P(same identity) of the best match, when calibrated
+    threshold_reason: str = ""
+    gallery_size: int = 0  # identities enrolled when the threshold was chosen
+    warning: str | None = None  # e.g. an older model card without recognition thresholds
+    probabilities: list[float | None] = field(default_factory=list)  # of each hit
 
     @property
     def known(self) -> bool:
@@ -36,47 +58,63 @@ class Recognition:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label if self.known else "unknown", "known": self.known,
-                "score": self.score, "threshold": self.threshold,
-                "best": self.best.to_dict() if self.best else None,
-                "hits": [h.to_dict() for h in self.hits]}
+                "score": self.score, "probability": self.probability,
+                "threshold": self.threshold, "threshold_reason": self.threshold_reason,
+                "gallery_size": self.gallery_size, "warning": self.warning,
+                "best": _hit_dict(self.best, self.probability) if self.best else None,
+                "hits": [_hit_dict(h, p) for h, p in zip(self.hits, self.probabilities,
+                                                          strict=True)]}
+
+
+def _hit_dict(hit: IdentityHit, probability: float | None) -> dict[str, Any]:
+    return {**hit.identity.to_dict(), "score": hit.score, "probability": probability}
 
 
 @dataclass(frozen=True)
 class Verification:
     score: float
     threshold: float
+    probability: float | None = None
 
     @property
     def same(self) -> bool:
         return self.score >= self.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "threshold": self.threshold, "same": self.same}
+        return {"score": self.score, "probability": self.probability,
+                "threshold": self.threshold, "same": self.same}
 
 
-def resolve_threshold(index_threshold: float | None, override: float | None) -> float:
-    threshold = override if override is not None else index_threshold
-    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    if not -1.0 <= threshold <= 1.0:
-        raise InputError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
-    return threshold
+def resolve_threshold(card_threshold: float | None, override: float | None) -> float:
+    """The pair (verification) threshold: the given one, else the card's."""
+    threshold = override if override is not None else card_threshold
+    return check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
 
 
 def recognize(index: VectorIndex, vector: np.ndarray, threshold: float | None = None,
-              k: int = 5, *, filter: str | None = None, ef: int | None = None) -> Recognition:
-    """The label of the nearest labelled reference, or unknown below the threshold.
+              k: int = 5, *, target_fpir: float = DEFAULT_TARGET_FPIR,
+              filter: str | None = None) -> Recognition:
+    """The identity nearest to ``vector``, or unknown below the threshold.
 
-    Only labelled elements are searched (unlabelled images in the same index cannot hide a
-    reference); ``filter`` narrows the references further, e.g. ``.source == "enroll"``.
+    Without ``threshold``, the cut comes from the model card for the number of identities
+    enrolled now, at ``target_fpir``; ``filter`` narrows the identities (an attribute
+    expression on ``.label``, ``.references``).
     """
-    cut = resolve_threshold(index.info.threshold, threshold)
-    extra = parse_filter(filter)
-    hits = index.search(vector, k=k, ef=ef,
-                        filter=f"{LABELLED} and {extra}" if extra else LABELLED)
+    identities = Identities(index)
+    size = identities.count()
+    if threshold is not None:
+        cut = check_threshold(threshold)
+        reason, warning = f"cosine {cut:.4f}: given with the request", None
+    else:
+        choice = recognition_threshold(index.info, size, target_fpir)
+        cut, reason, warning = choice.threshold, choice.reason, choice.warning
+    hits = identities.search(vector, k=k, filter=filter)
     best = hits[0] if hits else None
     score = best.score if best else -1.0
-    label = str(best.attributes["label"]) if best and score >= cut else None
-    return Recognition(label, score, cut, best, hits)
+    label = best.identity.label if best and score >= cut else None
+    probabilities = [probability_of(index.info, h.score) for h in hits]
+    return Recognition(label, score, cut, best, hits, probabilities[0] if hits else None,
+                       reason, size, warning, probabilities)
 
 
 def _unit(vector: np.ndarray, name: str) -> np.ndarray:
@@ -87,21 +125,28 @@ def _unit(vector: np.ndarray, name: str) -> np.ndarray:
     return v / norm
 
 
-def verify(a: np.ndarray, b: np.ndarray, threshold: float) -> Verification:
-    """Same or different, from the cosine similarity of two embeddings."""
+def verify(a: np.ndarray, b: np.ndarray, threshold: float, card: Any = None) -> Verification:
+    """Same or different, from the cosine similarity of two embeddings; with ``card``, the
+    calibrated probability that they show the same identity too."""
     ua, ub = _unit(a, "first vector"), _unit(b, "second vector")
     if ua.shape != ub.shape:
         raise InputError(f"the two embeddings differ in dimension ({ua.size} vs {ub.size})")
-    return Verification(float(np.clip(ua @ ub, -1.0, 1.0)), resolve_threshold(threshold, None))
+    score = float(np.clip(ua @ ub, -1.0, 1.0))
+    return Verification(score, check_threshold(threshold), probability_of(card, score))
 
 
 def enroll(index: VectorIndex, image_id: str, vector: np.ndarray, label: str,
            attributes: dict[str, Any] | None = None) -> str:
-    """Add one reference image of ``label`` (idempotent per id); returns the id."""
+    """Add one reference image of ``label`` (idempotent per id): an element of the index and
+    a reference of the identity, whose prototype is recomputed. Returns the id."""
     if not isinstance(label, str) or not label.strip():
         raise InputError("enrol needs a non-empty --label")
-    attrs = {"source": "enroll", **(attributes or {}), "label": label.strip(),
-             "model_version": index.info.version}
-    attrs.setdefault("ingested_at", round(time.time(), 3))
-    index.upsert([(image_id, vector, attrs)])
+    label = label.strip()
+    existing = index.attributes(image_id)
+    if existing is None or existing.get("label") != label:  # the same image again: a no-op
+        attrs = {"source": "enroll", **(attributes or {}), "label": label,
+                 "model_version": index.info.version}
+        attrs.setdefault("ingested_at", round(time.time(), 3))
+        index.upsert([(image_id, vector, attrs)])
+    Identities(index).add(label, image_id, vector)
     return image_id

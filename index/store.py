@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,16 @@ import numpy as np
 from index import layout
 from index.connection import Client, connect, require_vector_sets, translate_errors
 from index.query import MAX_K, Hit, SearchOptions, merge_hits, parse_attributes, parse_hits
-from twinstream.errors import ConfigError, IndexMismatchError, InputError, NotFoundError
-from twinstream.messages import MAX_ID_BYTES
+from twinstream.errors import (
+    ConfigError,
+    IndexMismatchError,
+    IndexNotReadyError,
+    InputError,
+    NotFoundError,
+    ServiceUnavailable,
+    TwinstreamError,
+)
+from twinstream.fields import check_attributes, check_id, quote
 from twinstream.modelcard import ModelCard
 from twinstream.settings import QUANTIZATIONS, RedisSettings
 
@@ -64,6 +72,10 @@ class IndexInfo:
     threshold: float | None = None
     quant: str = "q8"  # fixed when the version is created
     shards: int = 1  # fixed when the version is created
+    # From the model card (twinstream.calibration reads them): cosine -> P(same identity), and
+    # the recognition cuts by gallery size. Empty for models exported before they existed.
+    calibration: dict[str, Any] = field(default_factory=dict, compare=False)
+    recognition: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,8 @@ def decode_hash(meta: dict) -> dict[str, str]:
 def info_from_meta(name: str, meta: dict[str, str]) -> IndexInfo:
     card = json.loads(meta.get("card") or "{}")
     return IndexInfo(name, meta["version"], int(meta["dim"]), meta.get("metric", "cosine"),
-                     card.get("threshold"), meta.get("quant", "q8"), int(meta.get("shards", 1)))
+                     card.get("threshold"), meta.get("quant", "q8"), int(meta.get("shards", 1)),
+                     card.get("calibration") or {}, card.get("recognition") or {})
 
 
 class VectorIndex:
@@ -173,12 +186,13 @@ class VectorIndex:
         """The version of index ``name`` that queries use."""
         version = cls.live_version(client, name)
         if version is None:
-            raise NotFoundError(f"index {name!r} does not exist yet: run a worker to fill it")
+            raise IndexNotReadyError(f"index {name!r} does not exist yet: run a worker to fill "
+                                     "it")
         try:
             return cls.open(client, name, version, ef=ef)
-        except NotFoundError:
+        except NotFoundError as exc:
             raise NotFoundError(f"index {name!r} points at version {version}, "
-                                "which has no metadata") from None
+                                "which has no metadata") from exc
 
     def check_model(self, card: ModelCard) -> None:
         if card.version != self.info.version:
@@ -212,8 +226,8 @@ class VectorIndex:
     def _check_vector(self, vector: np.ndarray) -> np.ndarray:
         try:
             v = np.asarray(vector, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError):
-            raise InputError("vector is not a list of numbers") from None
+        except (TypeError, ValueError) as exc:
+            raise InputError("vector is not a list of numbers") from exc
         if v.shape[0] != self.info.dim:
             raise IndexMismatchError(
                 f"vector has dimension {v.shape[0]}, index {self.info.name!r} has {self.info.dim}")
@@ -224,36 +238,33 @@ class VectorIndex:
         return v
 
     def _check_id(self, image_id: str) -> str:
-        if not isinstance(image_id, str) or not image_id:
-            raise InputError(f"image id must be a non-empty string, got {image_id!r}")
-        if len(image_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-            raise InputError(f"image id is longer than {MAX_ID_BYTES} bytes: {image_id[:40]!r}...")
-        return image_id
+        return check_id(image_id)
 
     def _attributes_json(self, image_id: str, attributes: dict[str, Any] | None) -> str:
-        attributes = attributes or {}
-        if not isinstance(attributes, dict):
-            raise InputError(f"attributes of {image_id!r} must be a JSON object")
+        attributes = check_attributes(attributes or {})
         version = attributes.get("model_version")
         if version is not None and version != self.info.version:
             raise IndexMismatchError(
-                f"{image_id!r} was embedded by model {version}, index {self.info.name!r} "
-                f"version {self.info.version} holds another model's embeddings")
-        try:  # raw UTF-8, not \\u escapes: Redis filters compare the decoded text byte by byte
-            return json.dumps(attributes, sort_keys=True, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"attributes of {image_id!r} are not valid JSON: {exc}") from None
+                f"{quote(image_id)} was embedded by model {quote(version)}, index "
+                f"{self.info.name!r} version {self.info.version} holds another model's "
+                "embeddings")
+        # Raw UTF-8, not \\u escapes: Redis filters compare the decoded text byte by byte.
+        # check_attributes guarantees this cannot fail (finite numbers, valid Unicode).
+        return json.dumps(attributes, sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+    def upsert_command(self, image_id: str, vector: np.ndarray,
+                       attributes: dict[str, Any] | None) -> tuple:
+        """The VADD that adds or replaces one element, after checking all of it; raises
+        ``InputError`` or ``IndexMismatchError`` for an element that must not be written."""
+        key = self.keys[layout.shard_of(self._check_id(image_id), self.info.shards)]
+        blob = self._check_vector(vector).astype("<f4").tobytes()
+        return ("VADD", key, "FP32", blob, image_id, self.info.quant.upper(),
+                "SETATTR", self._attributes_json(image_id, attributes))
 
     def upsert(self, items: Iterable[tuple[str, np.ndarray, dict[str, Any]]]) -> int:
         """Add or replace elements (idempotent per id), pipelined. The whole batch is checked
         first: if any item is bad, nothing is written."""
-        quant = self.info.quant.upper()
-        commands = []
-        for image_id, vector, attributes in items:
-            key = self.keys[layout.shard_of(self._check_id(image_id), self.info.shards)]
-            blob = self._check_vector(vector).astype("<f4").tobytes()
-            commands.append(("VADD", key, "FP32", blob, image_id, quant,
-                             "SETATTR", self._attributes_json(image_id, attributes)))
+        commands = [self.upsert_command(*item) for item in items]
         with self.errors_during("upsert"):
             for start in range(0, len(commands), UPSERT_CHUNK):
                 pipe = self.client.pipeline(transaction=False)
@@ -261,6 +272,34 @@ class VectorIndex:
                     pipe.execute_command(*command)
                 pipe.execute()
         return len(commands)
+
+    def run_each(self, commands: Sequence[tuple], action: str) -> list[TwinstreamError | None]:
+        """Run commands pipelined and say, per command, whether Redis refused it.
+
+        A refusal that belongs to one command (a reply error) is returned in its place, so the
+        caller can dead-letter that element and keep the others; a lost connection or a
+        passing server state (loading, out of memory, failover) raises ``ServiceUnavailable``
+        for the whole batch, which is then retried as a whole (the writes are idempotent).
+        """
+        outcomes: list[TwinstreamError | None] = []
+        with self.errors_during(action):
+            for start in range(0, len(commands), UPSERT_CHUNK):
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands[start:start + UPSERT_CHUNK]:
+                    pipe.execute_command(*command)
+                outcomes += [self._refusal(r, action) if isinstance(r, Exception) else None
+                             for r in pipe.execute(raise_on_error=False)]
+        return outcomes
+
+    def _refusal(self, exc: Exception, action: str) -> TwinstreamError:
+        try:
+            with self.errors_during(action):
+                raise exc
+        except ServiceUnavailable:
+            raise
+        except TwinstreamError as err:
+            return err
+        raise AssertionError("unreachable: errors_during turns every error into ours")
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove ids (and their thumbnails); returns how many were present."""
@@ -279,14 +318,20 @@ class VectorIndex:
             with self.errors_during("store thumbnails"):
                 self.client.hset(self.thumbs, mapping=thumbnails)
 
+    def delete_thumbnails(self, ids: Sequence[str]) -> None:
+        if ids:
+            with self.errors_during("delete thumbnails"):
+                self.client.hdel(self.thumbs, *ids)
+
     def thumbnail(self, image_id: str) -> bytes | None:
+        self._check_id(image_id)
         with self.errors_during("read a thumbnail"):
             return self.client.hget(self.thumbs, image_id)
 
     # --- reads -----------------------------------------------------------------------------------
 
     def _key_of(self, image_id: str) -> str:
-        return self.keys[layout.shard_of(image_id, self.info.shards)]
+        return self.keys[layout.shard_of(self._check_id(image_id), self.info.shards)]
 
     def shard_counts(self) -> list[int]:
         with self.errors_during("count"):
@@ -343,15 +388,15 @@ class VectorIndex:
         if self.info.shards > 1:  # other shards do not hold the element: send its vector
             vector = self.vector(image_id)
             if vector is None:
-                raise NotFoundError(f"no id {image_id!r} in index {self.info.name!r}")
+                raise NotFoundError(f"no id {quote(image_id)} in index {self.info.name!r}")
             blob = vector.astype("<f4").tobytes()
             queries = [("ELE", image_id) if i == owner else ("FP32", blob)
                        for i in range(len(self.keys))]
         try:
             return self._search(options.with_k(min(k + 1, MAX_K)), queries, exclude=image_id,
                                 k=k)
-        except NotFoundError:
-            raise NotFoundError(f"no id {image_id!r} in index {self.info.name!r}") from None
+        except NotFoundError as exc:
+            raise NotFoundError(f"no id {quote(image_id)} in index {self.info.name!r}") from exc
 
     def _search(self, options: SearchOptions, queries: list[tuple], exclude: str | None = None,
                 k: int | None = None) -> list[Hit]:

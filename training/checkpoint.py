@@ -35,7 +35,7 @@ def _load(path: Path, fmt: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, not a torch file, pickled code refused
-        raise ModelError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         what = "checkpoint" if fmt == FORMAT else "training state (last.pt)"
         raise ModelError(f"{path} is not a twinstream {what}")
@@ -58,7 +58,7 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: Path) -> None
     except (RuntimeError, TypeError) as exc:
         text = str(exc).replace("\n", " ").replace("\t", "")
         raise ModelError(f"checkpoint {source} does not match its architecture: "
-                         f"{text[:300]}") from None
+                         f"{text[:300]}") from exc
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     try:
         cfg = EncoderConfig(**payload["encoder"])
     except (KeyError, TypeError) as exc:
-        raise ModelError(f"checkpoint {path} has no usable encoder config: {exc}") from None
+        raise ModelError(f"checkpoint {path} has no usable encoder config: {exc}") from exc
     model = build_encoder(cfg)
     load_weights(model, payload.get("state_dict", {}), path)
     model.eval()

@@ -198,7 +198,7 @@ def read_split(path: str | Path, folder: ImageFolder, part: str) -> ImageFolder:
         info = json.loads(Path(path).read_text())
         entry = info[part]
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot read part {part!r} of split file {path}: {exc}") from None
+        raise InputError(f"cannot read part {part!r} of split file {path}: {exc}") from exc
     if info.get("mode") == "images":
         wanted = set(entry["files"])
         chosen = folder.subset([i for i, s in enumerate(folder.samples)

@@ -42,8 +42,8 @@ from twinstream.calibration import (
     recognition_threshold,
 )
 from twinstream.errors import InputError
+from twinstream.jsonio import to_json
 from twinstream.modelcard import ModelCard
-from twinstream.output import to_json
 from twinstream.preprocess import Preprocessing
 
 SPLIT_CHOICES = ("auto", "all", "train", "val", "test")

@@ -37,7 +37,7 @@ from training.plots import plot_reliability
 from training.sampling import PKSampler
 from training.trust import card_from_checkpoint_meta, measure_trust
 from twinstream.errors import InputError, ModelError
-from twinstream.output import to_json
+from twinstream.jsonio import to_json
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -54,17 +54,23 @@ class TrainResult:
     best: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     test: dict | None = None
+    # Every rank ended with rank 0's weights and batch-norm statistics (always true for one).
+    ranks_in_sync: bool = True
 
 
 class Objective(nn.Module):
     """Encoder and loss as one module, so DDP averages the loss's own parameters too."""
 
-    def __init__(self, encoder: nn.Module, loss: nn.Module):
+    def __init__(self, encoder: nn.Module, loss: nn.Module, gather=None):
         super().__init__()
         self.encoder, self.loss = encoder, loss
+        self.gather = gather  # across ranks (training.distributed): the loss sees the whole batch
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.encoder(x), labels)
+        embeddings = self.encoder(x)
+        if self.gather is not None:
+            embeddings, labels = self.gather(embeddings, labels)
+        return self.loss(embeddings, labels)
 
 
 @dataclass
@@ -120,7 +126,8 @@ class Trainer:
         self.encoder = build_encoder(cfg.encoder())
         loss = build_loss(cfg.loss, cfg.embedding_dim, cfg.margin, cfg.mining, cfg.circle_gamma,
                           seed=cfg.seed)
-        self.objective = Objective(self.encoder, loss)
+        self.objective = Objective(self.encoder, loss,
+                                   gather=dist.gather if dist.enabled else None)
         self.optimizer = build_optimizer(cfg.optimizer, self.objective.parameters(), cfg.lr,
                                          cfg.weight_decay, cfg.momentum)
         batch = cfg.classes_per_batch * cfg.images_per_class
@@ -132,6 +139,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.validation_s = 0.0
+        self.ranks_in_sync = True
         if cfg.resume:
             self._resume()
         self.model = dist.wrap(self.objective)
@@ -233,7 +241,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot resume {path}: its weights do not match the model: "
-                             f"{str(exc).splitlines()[0]}") from None
+                             f"{str(exc).splitlines()[0]}") from exc
         self.epoch, self.step = state["epoch"], state["step"]
         self.elapsed_before, self.seen = state["elapsed"], state["seen"]
         self.train_seconds = state["train_seconds"]
@@ -372,7 +380,8 @@ class Trainer:
         result = TrainResult(str(self.run_dir), str(self.run_dir / "best.pt"), self.epoch,
                              round(seconds, 1),
                              round(self.seen / max(self.train_seconds, 1e-9), 1), stopped_by,
-                             self.dist.world_size, self.best or {}, self.history)
+                             self.dist.world_size, self.best or {}, self.history,
+                             ranks_in_sync=self.ranks_in_sync)
         test_ways = usable_ways(self.test.labels, self.cfg.ways) if len(self.test.labels) else 0
         plots: dict = {}
         if test_ways >= 2:
@@ -415,6 +424,7 @@ def train(cfg: TrainConfig, progress: Callable | None = None,
     dist = dist or Distributed()
     trainer = Trainer(cfg, progress, log, dist)
     stopped_by = trainer.fit()
+    trainer.ranks_in_sync = dist.in_sync(trainer.objective)  # a collective: every rank calls it
     result = trainer.finish(stopped_by) if dist.is_main else None
     dist.barrier()
     return result or TrainResult(str(trainer.run_dir), str(trainer.run_dir / "best.pt"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,3 +37,50 @@ def expand_paths(args: Iterable[str], recursive: bool = True) -> list[Path]:
             else:
                 found[path] = None  # a file named explicitly is taken whatever its suffix
     return list(found)
+
+
+class NotARegularFile(InputError):
+    """A path that names a FIFO, socket, device or folder: reading it could block or never end.
+    ``what`` says which, as the end of a sentence ("is a folder, not an image file")."""
+
+    def __init__(self, path: Path | str, what: str):
+        super().__init__(f"{display_path(path)} {what}")
+        self.what = what
+
+
+def read_regular_file(path: Path | str, max_bytes: int, follow_symlinks: bool = True) -> bytes:
+    """Up to ``max_bytes + 1`` bytes of a regular file; refuses anything else without blocking.
+
+    Opened with O_NONBLOCK, so a FIFO does not wait for a writer, then checked with fstat on the
+    open file (no window between the check and the read). ``follow_symlinks`` False refuses a
+    final symlink (a path whose links were already resolved and checked). Raises ``OSError``
+    for files that cannot be opened or read, ``NotARegularFile`` for the rest.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise NotARegularFile(path, "is a folder, not an image file")
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, "is not a regular file (a FIFO, socket or device): "
+                                        "refused")
+        os.set_blocking(fd, True)
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def display_path(path: Path | str) -> str:
+    """A path as text that is always valid Unicode: bytes of a file name that are not UTF-8
+    appear as ``\\xff`` escapes instead of lone surrogates that nothing downstream can store."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

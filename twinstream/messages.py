@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinstream.errors import InputError
+from twinstream.fields import MAX_ID_BYTES, check_attributes, check_id, parse_attributes, printable
 
 H_CONTENT_TYPE = "content-type"
 H_ATTRIBUTES = "attributes"
 H_PRODUCED_AT = "produced-at"
 H_URI = "uri"
 
-MAX_ID_BYTES = 512
-# Bounds on what a hostile producer can make a worker parse or store with every element.
-MAX_ATTRIBUTES_BYTES = 16_384
+# Bounds on what a hostile producer can make a worker parse or store with every element (the
+# id and attribute bounds live in twinstream.fields, shared with the API and the CLI).
 MAX_CONTENT_TYPE_BYTES = 255
 MAX_URI_BYTES = 4096
 
@@ -51,14 +51,16 @@ class ImageMessage:
         return self.data is None
 
     def to_record(self) -> tuple[bytes, bytes | None, Headers]:
-        """Key, value and headers, ready for ``KafkaProducer.send``."""
+        """Key, value and headers, ready for ``KafkaProducer.send``; refuses (``InputError``)
+        what a worker would refuse, so our own producers never publish a poison pill."""
         check_id(self.id)
+        attributes = check_attributes(self.attributes)
         headers: Headers = [
             (H_PRODUCED_AT, str(self.produced_at_ms or now_ms()).encode()),
         ]
         if not self.is_tombstone:
             headers.append((H_CONTENT_TYPE, self.content_type.encode()))
-            headers.append((H_ATTRIBUTES, json.dumps(self.attributes, sort_keys=True).encode()))
+            headers.append((H_ATTRIBUTES, json.dumps(attributes, sort_keys=True).encode()))
         if self.uri:
             headers.append((H_URI, self.uri.encode()))
         return self.id.encode("utf-8"), self.data, headers
@@ -81,6 +83,8 @@ class ImageMessage:
         attributes = _attributes(h.get(H_ATTRIBUTES))
         produced_at = _produced_at(h.get(H_PRODUCED_AT))
         uri = _text(h[H_URI], "uri header", MAX_URI_BYTES) if h.get(H_URI) else None
+        if uri is not None and any(ord(c) < 32 or c == "\x7f" for c in uri):
+            raise MessageError(f"uri header contains control characters: {printable(uri[:60])}")
         content_type = _text(h.get(H_CONTENT_TYPE) or b"", "content-type header",
                              MAX_CONTENT_TYPE_BYTES)
         return cls(id=image_id, data=value, content_type=content_type,
@@ -103,22 +107,12 @@ def _text(raw: bytes, what: str, max_bytes: int | None = None) -> str:
         raise MessageError(f"{what} is {len(raw)} bytes, above {max_bytes}")
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MessageError(f"{what} is not UTF-8: {raw[:40]!r}") from None
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"{what} is not UTF-8 ({len(raw)} bytes)") from exc
 
 
 def _attributes(raw: bytes | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    if len(raw) > MAX_ATTRIBUTES_BYTES:
-        raise MessageError(f"attributes header is {len(raw)} bytes, above {MAX_ATTRIBUTES_BYTES}")
-    try:
-        attributes = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise MessageError(f"attributes header is not JSON: {str(exc)[:100]}") from None
-    if not isinstance(attributes, dict):
-        raise MessageError("attributes header must be a JSON object")
-    return attributes
+    return parse_attributes(raw, MessageError)
 
 
 def _produced_at(raw: bytes | None) -> int:
@@ -126,25 +120,20 @@ def _produced_at(raw: bytes | None) -> int:
         return 0
     try:
         value = int(raw[:32])
-    except ValueError:
-        raise MessageError("produced-at header is not an integer") from None
+    except ValueError as exc:
+        raise MessageError("produced-at header is not an integer") from exc
     if not 0 <= value < 2**63 or len(raw) > 32:
         raise MessageError("produced-at header is out of range")
     return value
 
 
-def check_id(image_id: str, error: type[InputError] = InputError) -> None:
-    if not image_id:
-        raise error("image id must not be empty")
-    if len(image_id.encode("utf-8")) > MAX_ID_BYTES:
-        raise error(f"image id longer than {MAX_ID_BYTES} bytes: {image_id[:40]}...")
-    if any(ord(c) < 32 for c in image_id):
-        raise error(f"image id contains control characters: {image_id!r}")
-
-
-def content_id(data: bytes) -> str:
-    """The default image id: the content hash, so re-ingesting the same bytes is a no-op."""
-    return hashlib.sha256(data).hexdigest()[:32]
+def content_id(data: bytes | Iterable[bytes]) -> str:
+    """The default image id: the content hash, so re-ingesting the same bytes is a no-op.
+    ``data`` may come in chunks (a large file read piece by piece): the id is the same."""
+    digest = hashlib.sha256()
+    for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+        digest.update(chunk)
+    return digest.hexdigest()[:32]
 
 
 def now_ms() -> int:

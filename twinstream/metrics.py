@@ -25,7 +25,7 @@ class MetricsServer:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror or exc} "
-                              "(TWINSTREAM_WORKER_METRICS_PORT / --metrics-port)") from None
+                              "(TWINSTREAM_WORKER_METRICS_PORT / --metrics-port)") from exc
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics",

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from twinstream.errors import ImageDecodeError
+from twinstream.fields import printable
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -104,20 +105,43 @@ def _formats() -> tuple[str, ...]:
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
+# Signatures of the formats people upload: bytes that start like one of them are "that format,
+# but broken"; anything else is "not an image at all" (the API answers 400 and 415).
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM",
+               b"II*\x00", b"MM\x00*")
+
+
+def looks_like_an_image(data: bytes) -> bool:
+    """Whether the bytes start like a PNG, JPEG, GIF, WebP, BMP or TIFF file."""
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height read from the image header, without decoding it; 0 when the bytes are not
+    a supported image (``decode_image`` then says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_formats()) as img:
+            return int(img.width) * int(img.height)
+    except Exception:  # any header Pillow cannot read
+        return 0
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode bytes into an upright RGB, RGBA or L image (first frame, EXIF rotation applied)."""
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data), formats=_formats())
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as exc:
+        # Never quote the bytes: by-reference records can point at files that are not images
+        # (/etc/passwd), and this message travels to dead letters and logs.
         raise ImageDecodeError(
-            f"not an image of a supported format ({len(data)} bytes starting "
-            f"{data[:8]!r}; supported: {', '.join(_formats())})") from None
+            f"not an image of a supported format ({len(data):,} bytes; supported: "
+            f"{', '.join(_formats())})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for broken headers
-        raise ImageDecodeError(f"unreadable image header: {_short(exc)}") from None
+        raise ImageDecodeError(f"unreadable image header: {_short(exc)}") from exc
     pixels = img.width * img.height
     if pixels > max_pixels or pixels == 0:
         img.close()
@@ -131,7 +155,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         img.seek(0)  # animated GIF/WebP/APNG: the first frame represents the image
         img.load()
     except Exception as exc:  # MemoryError included: a hostile file must not end the worker
-        raise ImageDecodeError(f"truncated or corrupt {kind} data: {_short(exc)}") from None
+        raise ImageDecodeError(f"truncated or corrupt {kind} data: {_short(exc)}") from exc
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:
@@ -140,12 +164,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         return _to_rgb_or_l(img)
     except Exception as exc:
         raise ImageDecodeError(f"cannot convert {kind} mode {img.mode} to RGB: "
-                               f"{_short(exc)}") from None
+                               f"{_short(exc)}") from exc
 
 
 def _short(exc: BaseException) -> str:
     """An exception as one short line (Pillow messages can embed whole chunks of data)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = printable(" ".join(str(exc).split())) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from twinstream.errors import ModelError
-from twinstream.modelcard import PREFIX, ModelCard, content_version
+from twinstream.errors import ConfigError, ModelError
+from twinstream.modelcard import PREFIX, ModelCard, content_version, verify_version
 from twinstream.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, image_to_array, preprocess_many
+from twinstream.settings import Settings
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -70,15 +71,31 @@ class Encoder:
                 str(path), session_options(threads, inter_threads, spin),
                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
         self.path = path
         self.max_pixels = max_pixels
         self.input_name, self.output_name = _io_names(self.session, path)
         props = self.session.get_modelmeta().custom_metadata_map
         if card is None and fallback is not None and PREFIX + "embedding_dim" not in props:
             card = self._card_from_graph(fallback)
-        self.card = card or ModelCard.from_metadata(props, source=str(path))
+        if card is None:
+            card = ModelCard.from_metadata(props, source=str(path))
+            verify_version(card, path.read_bytes(), source=str(path))
+        self.card = card
         self._check_shapes()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, path: str | Path | None = None,
+                      fallback: Preprocessing | None = None) -> Encoder:
+        """The encoder at ``path`` (default: ``settings.model.path``) with the settings'
+        threads and pixel limit; ``fallback``: the preprocessing of a foreign encoder."""
+        path = path or settings.model.path
+        if not path:
+            raise ConfigError("no model given: pass --model model.onnx or set "
+                              "TWINSTREAM_MODEL_PATH")
+        return cls(path, threads=settings.model.threads,
+                   inter_threads=settings.model.inter_threads, spin=settings.model.spin,
+                   max_pixels=settings.worker.max_image_pixels, fallback=fallback)
 
     @property
     def version(self) -> str:
@@ -119,7 +136,7 @@ class Encoder:
                 (out,) = self.session.run([self.output_name], {self.input_name: probe})
             except Exception as exc:
                 raise ModelError(f"{self.path} does not run on a {list(probe.shape)} input: "
-                                 f"{str(exc).splitlines()[0]}") from None
+                                 f"{str(exc).splitlines()[0]}") from exc
             dim = int(np.asarray(out).reshape(1, -1).shape[1])
         return ModelCard(embedding_dim=dim, preprocessing=spec,
                          architecture={"foreign": True, "file": self.path.name},

@@ -61,6 +61,7 @@ class Batch:
     created: float = field(default_factory=time.monotonic)
     seconds: dict[str, float] = field(default_factory=dict)  # per pipeline step
     written: bool = False  # every item is in Redis or in the dead-letter topic
+    written_at: float = 0.0  # monotonic time the writer finished it (see worker/durable.py)
 
     @property
     def records(self) -> list[Any]:
@@ -77,11 +78,13 @@ class Upsert:
     vector: np.ndarray
     attributes: dict[str, Any]
     thumbnail: bytes | None
+    item: Item | None = field(default=None, compare=False, repr=False)  # the record behind it
 
 
 @dataclass(frozen=True)
 class Delete:
     id: str
+    item: Item | None = field(default=None, compare=False, repr=False)
 
 
 def index_operations(items: list[Item], model_version: str) -> list[Upsert | Delete]:
@@ -97,12 +100,12 @@ def index_operations(items: list[Item], model_version: str) -> list[Upsert | Del
             continue
         msg = item.message
         if msg.is_tombstone:
-            op: Upsert | Delete = Delete(msg.id)
+            op: Upsert | Delete = Delete(msg.id, item)
         elif item.vector is not None:
             attributes = {**msg.attributes, "model_version": model_version}
             if msg.uri:
                 attributes.setdefault("uri", msg.uri)
-            op = Upsert(msg.id, item.vector, attributes, item.thumbnail)
+            op = Upsert(msg.id, item.vector, attributes, item.thumbnail, item)
         else:  # pragma: no cover - the pipeline embeds every decoded item or fails it
             raise AssertionError(f"item {msg.id} reached the writer without a vector")
         last.pop(msg.id, None)  # keep the dict in record order of each id's last operation

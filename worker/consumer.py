@@ -28,9 +28,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from index import layout
 from index.store import VectorIndex, connect
-from twinstream.encoder_options import load_encoder
-from twinstream.errors import IndexMismatchError, ServiceUnavailable, TwinstreamError
+from twinstream.errors import IndexMismatchError, InternalError, ServiceUnavailable
 from twinstream.metrics import MetricsServer
 from twinstream.modelcard import ModelCard
 from twinstream.preprocess import set_pixel_limit
@@ -39,23 +39,24 @@ from twinstream.settings import Settings
 from worker.batch import Batch, Item
 from worker.decoder import Decoder
 from worker.dlq import DeadLetterSender
+from worker.durable import Confirmer, Durable, aof_enabled, resolve_level
 from worker.embedder import Embedder
-from worker.health import Health
+from worker.health import HEALTHY_RUN_S, Health
 from worker.heartbeat import Heartbeat, heartbeat_key
-from worker.kafka_io import ensure_topics, make_consumer, make_producer
+from worker.kafka_io import ensure_topics, make_consumer
 from worker.logs import event
+from worker.membership import is_leader
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Pipeline
+from worker.publish import Publisher
 from worker.reader import Reader
 from worker.writer import Writer
 
 log = logging.getLogger("twinstream.worker")
 
 
-class PipelineFailed(TwinstreamError):
+class PipelineFailed(InternalError):
     """A pipeline step raised: a bug, reported as such; the batch is not committed."""
-
-    exit_code = 70
 
 
 @dataclass
@@ -116,27 +117,37 @@ def preflight(settings: Settings, reindex: bool = False) -> ModelCard:
     return encoder.card
 
 
+# A pool child started again after this many crashes in a row reports a crash loop until it has
+# run as long as the pool (worker.pool) waits before it forgets the crashes.
+CRASH_LOOP_CRASHES = 2
+
+
 class Worker:
     def __init__(self, settings: Settings, worker_id: str | None = None, *,
-                 reindex: bool = False):
+                 reindex: bool = False, crashes: int = 0, last_exit_code: int | None = None):
         self.settings = settings
         cfg = settings.worker
         self.worker_id = worker_id or default_worker_id()
         self.reindex = reindex
         self.health = Health()
+        if crashes >= CRASH_LOOP_CRASHES:
+            self.health.failing("restarts", f"started again after {crashes} crashes in a row "
+                                f"(last exit code {last_exit_code}): a crash loop; see the log")
         self.metrics = WorkerMetrics()
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self.give_up = threading.Event()
+        self.index_gone = threading.Event()  # see _check_still_live
         self.superseded_by: str | None = None
         self.started_at = time.time()
         set_pixel_limit(cfg.max_image_pixels)
 
-        self.encoder = load_encoder(settings)
+        self.encoder = Encoder.from_settings(settings)
         self.index = open_index(connect(settings.redis.url), settings, self.encoder.card,
                                 reindex)
         ensure_topics(settings.kafka)
-        self.dlq = make_producer(settings.kafka, client_id="twinstream-dlq", linger_ms=0)
+        self.dlq = Publisher(settings.kafka, client_id="twinstream-dlq", linger_ms=0,
+                             create_topics=False)
         # A fetch long-polls the broker up to fetch_max_wait_ms when there is nothing new; at
         # Kafka's default (500 ms) that wait, not the work, would dominate latency at low rates.
         self.reader = Reader(make_consumer(settings.kafka,
@@ -144,12 +155,21 @@ class Worker:
                              cfg, self.metrics,
                              on_assignment=lambda: self.heartbeat.beat_soon())
         self.decoder = Decoder(self.encoder.card.preprocessing, cfg)
+        writer = Writer(self.index, DeadLetterSender(self.dlq, self.worker_id),
+                        self.encoder.version, self.health, self.metrics, self.give_up,
+                        index_gone=self.index_gone)
+        self.durability = resolve_level(self.index.client, settings.redis)
+        self.durable = Durable(self.index, Confirmer(
+            self.index.client, self.durability, settings.redis.durability_timeout_ms,
+            settings.redis.min_replicas, aof=aof_enabled(self.index.client)),
+            writer.rewrite, self.encoder.version, self.health, self.metrics, self.give_up)
         self.pipeline = Pipeline(
-            [self.decoder, Embedder(self.encoder),
-             Writer(self.index, DeadLetterSender(self.dlq, settings.kafka.dlq_topic,
-                                                 self.worker_id),
-                    self.encoder.version, self.health, self.metrics, self.give_up)],
-            capacity=cfg.max_in_flight, observe=self.metrics.observe_step)
+            [self.decoder, Embedder(self.encoder), writer, self.durable],
+            capacity=cfg.max_in_flight + (cfg.max_awaiting_durability
+                                          if self.durability != "none" else 0),
+            observe=self.metrics.observe_step)
+        self.metrics.track_uncommitted(self.reader.tracker.in_flight,
+                                       self.reader.tracker.written_uncommitted)
         self.heartbeat = Heartbeat(self.index.client,
                                    heartbeat_key(settings.kafka.group, self.worker_id),
                                    self.describe, on_beat=self._check_still_live)
@@ -184,10 +204,12 @@ class Worker:
               version=self.index.info.version, mode="reindex" if self.reindex else "live",
               batch=self.settings.worker.batch)
         clean = False
+        unwritten = 0
         try:
             self._loop(idle_exit_s)
             self.health.stopping()
             clean = self._drain(self.settings.worker.shutdown_timeout_s)
+            unwritten = self.reader.tracker.in_flight()  # before leaving the group resets it
         finally:
             self._close()
         if self.superseded_by is not None:
@@ -197,8 +219,8 @@ class Worker:
                 "restart it with the new model")
         if not clean:
             raise ServiceUnavailable(
-                f"stopped with {self.reader.tracker.in_flight()} records not written (see the "
-                "warnings above); they were not committed and will be re-delivered")
+                f"stopped with {unwritten} records not written (see the warnings above); they "
+                "were not committed and will be re-delivered")
         event(log, "worker stopped", **self.stats.to_dict())
         return self.stats
 
@@ -206,6 +228,7 @@ class Worker:
         reader = self.reader
         while not self.stop_event.is_set():
             self._check_pipeline()
+            self._watch()
             self._collect(timeout_s=0.0)
             room = self.pipeline.has_room
             records = reader.poll(room)
@@ -219,6 +242,23 @@ class Worker:
                 break
             reader.commit()
             reader.report_lag()
+
+    def _watch(self) -> None:
+        """Health that no exception reports: a batch that stopped moving, a crash loop over."""
+        stalled = self.pipeline.stalled(self.settings.worker.stall_timeout_s)
+        if stalled is not None:
+            step, seq, seconds = stalled
+            if "pipeline" not in self.health.snapshot()["failing"]:
+                event(log, "a batch is not moving", logging.ERROR, step=step, batch=seq,
+                      seconds=round(seconds))
+            self.health.failing("pipeline", f"batch {seq} has been in step {step} for "
+                                f"{seconds:.0f} s (TWINSTREAM_WORKER_STALL_TIMEOUT_S)",
+                                attempt=False)
+        else:
+            self.health.ok("pipeline")
+        if time.time() - self.started_at > HEALTHY_RUN_S:
+            self.health.ok("restarts")
+        self.metrics.healthy.set(1 if self.health.healthy else 0)
 
     def _drain(self, timeout_s: float) -> bool:
         """Write what is in flight and commit it; False if that did not finish in time."""
@@ -244,7 +284,7 @@ class Worker:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         try:
-            self.dlq.close(timeout=10)
+            self.dlq.close()
         finally:
             self.reader.close()
 
@@ -295,8 +335,23 @@ class Worker:
 
     # --- reporting -----------------------------------------------------------------------------
 
+    def _unassigned_for_s(self) -> float:
+        since = self.reader.unassigned_since
+        return 0.0 if since is None else round(time.monotonic() - since, 1)
+
+    def _health(self) -> dict:
+        """The health state, with a consumer that owns no partition for too long as failing."""
+        unassigned = self._unassigned_for_s()
+        if unassigned > self.settings.worker.unassigned_alarm_s:
+            self.health.failing("assignment", f"no partition assigned for {unassigned:.0f} s "
+                                "(more workers than partitions, or the group does not assign)")
+        else:
+            self.health.ok("assignment")
+        return self.health.snapshot()
+
     def health_report(self) -> dict:
-        return {**self.health.snapshot(), "worker": self.worker_id,
+        return {**self._health(), "worker": self.worker_id,
+                "unassigned_for_s": self._unassigned_for_s(),
                 "partitions": [tp.partition for tp in self.reader.assigned],
                 "in_flight_batches": self.pipeline.in_flight, "records": self.stats.to_dict()}
 
@@ -307,14 +362,33 @@ class Worker:
                 "index": self.index.info.name, "version": self.index.info.version,
                 "mode": "reindex" if self.reindex else "live",
                 "partitions": [tp.partition for tp in self.reader.assigned],
-                "health": self.health.snapshot(), "records": self.stats.to_dict(),
+                "leader": is_leader(self.reader.consumer), "durability": self.durability,
+                "health": self._health(),
+                "unassigned_for_s": self._unassigned_for_s(), "records": self.stats.to_dict(),
                 "started_at": self.started_at, "seen_at": time.time()}
 
     def _check_still_live(self) -> None:
-        """A promoted index with another model: stop, rather than fill a version nobody reads."""
+        """A promoted index with another model: stop, rather than fill a version nobody reads.
+        An index that vanished (alias or metadata gone: FLUSHALL, a restart without
+        persistence, a failover to an empty replica): hold writes and report degraded."""
+        live = VectorIndex.live_version(self.index.client, self.index.info.name)
+        gone = not self.index.client.exists(
+            layout.meta_key(self.index.info.name, self.index.info.version)) or (
+            live is None and not self.reindex)
+        if gone and not self.index_gone.is_set():
+            self.index_gone.set()
+            event(log, "the index vanished from Redis; holding writes", logging.ERROR,
+                  index=self.index.info.name, version=self.index.info.version)
+        elif not gone and self.index_gone.is_set():
+            self.index_gone.clear()
+            self.health.ok("index")
+            event(log, "the index is back; writing again", index=self.index.info.name)
+        if gone:
+            self.health.failing("index", f"index {self.index.info.name!r} version "
+                                f"{self.index.info.version} vanished from Redis (alias or "
+                                "metadata gone); holding writes, committing nothing")
         if self.reindex:
             return
-        live = VectorIndex.live_version(self.index.client, self.index.info.name)
         if live is not None and live != self.index.info.version and self.superseded_by is None:
             self.superseded_by = live
             event(log, "index promoted to another model version; stopping", logging.ERROR,

@@ -41,6 +41,9 @@ class Heartbeat:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self.beats = 0
+        self.failures = 0
+        self.last_error = ""
 
     def start(self) -> Heartbeat:
         self._beat()
@@ -57,8 +60,12 @@ class Heartbeat:
         self._thread.join(timeout=5)
         try:
             self.client.delete(self.key)  # gone at once from `twinstream status`
-        except redis.RedisError:
-            pass  # expires by itself
+        except Exception:  # Redis unreachable or failing: the key expires by itself
+            pass
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
@@ -69,11 +76,20 @@ class Heartbeat:
             self._beat()
 
     def _beat(self) -> None:
+        """One beat. Nothing it meets may end the thread: a heartbeat that dies makes a working
+        worker vanish from ``twinstream status`` and stop noticing a promotion, for good. Redis
+        errors arrive as redis-py's (connection, timeout, error replies such as OOM or LOADING),
+        as ours (``TwinstreamError``: the index layer translates them), or as whatever a half-read
+        reply raises; all are counted and retried at the next tick."""
         try:
             self.client.set(self.key, json.dumps(self.describe(), default=str), ex=TTL_S)
             self.on_beat()
-        except redis.RedisError as exc:  # the writer reports Redis health; stay quiet here
-            log.debug("heartbeat failed: %s", exc)
+        except Exception as exc:  # see above; the writer reports Redis health
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            log.debug("heartbeat failed: %s", self.last_error)
+        else:
+            self.beats += 1
 
 
 def list_workers(client: redis.Redis, group: str) -> list[dict]:

@@ -11,7 +11,6 @@ Sends are asynchronous; failures are counted per file, not fatal, and reported a
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -20,13 +19,13 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from twinstream.errors import InputError, ServiceUnavailable
-from twinstream.messages import ImageMessage, check_id, now_ms
+from twinstream.errors import InputError
+from twinstream.files import display_path, read_regular_file
+from twinstream.messages import ImageMessage, check_id, content_id, now_ms
 from twinstream.settings import KafkaSettings
-from worker.kafka_io import ensure_topics, make_producer
+from worker.publish import Publisher
 
 ID_SOURCES = ("content", "path")
-SEND_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -43,29 +42,40 @@ class IngestSummary:
                 "failures": self.failed, "skips": self.skipped}
 
 
-def _content_hash(path: Path) -> str:
-    digest = hashlib.sha256()
+def _file_content_id(path: Path) -> str:
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:32]  # the same id as twinstream.messages.content_id(bytes)
+        return content_id(iter(lambda: f.read(1 << 20), b""))
 
 
 def message_for_file(path: Path, label_from_dir: bool = True, attributes: dict | None = None,
                      id_from: str = "content", inline_max_bytes: int = 900_000
                      ) -> ImageMessage:
-    """The record of one file (raises ``OSError`` if it cannot be read)."""
-    size = path.stat().st_size
-    inline = size <= inline_max_bytes
-    data = path.read_bytes() if inline else b""
+    """The record of one file. Raises ``OSError`` if it cannot be read and ``InputError`` if it
+    is not a regular file (a FIFO would block for ever) or its record would be refused.
+
+    A file name that is not UTF-8 is shown with ``\\xff`` escapes in the label, the source and
+    a path id; such a file can only go inline (a ``uri`` must name the file exactly).
+    """
+    head = read_regular_file(path, inline_max_bytes)
+    inline = len(head) <= inline_max_bytes
+    data = head if inline else b""
     attrs = dict(attributes or {})
     if label_from_dir:
-        attrs.setdefault("label", path.parent.name)
-    attrs.setdefault("source", str(path))
-    image_id = _content_hash(path) if id_from == "content" else path.as_posix()
+        attrs.setdefault("label", display_path(path.parent.name) or "unlabelled")
+    attrs.setdefault("source", display_path(path))
+    if id_from == "content":
+        image_id = content_id(data) if inline else _file_content_id(path)
+    else:
+        image_id = display_path(path.as_posix())
+    uri = None
+    if not inline:
+        uri = display_path(path.resolve())
+        if uri != str(path.resolve()):
+            raise InputError(f"{uri}: a file name that is not UTF-8 cannot be sent by "
+                             f"reference (it is above --inline-max-bytes {inline_max_bytes:,})")
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return ImageMessage(id=image_id, data=data, content_type=content_type, attributes=attrs,
-                        uri=None if inline else str(path.resolve()), produced_at_ms=now_ms())
+                        uri=uri, produced_at_ms=now_ms())
 
 
 def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir: bool = True,
@@ -77,8 +87,7 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
     """
     if id_from not in ID_SOURCES:
         raise InputError(f"--id-from must be one of {', '.join(ID_SOURCES)}, got {id_from!r}")
-    ensure_topics(settings)
-    producer = make_producer(settings, linger_ms=20)
+    publisher = Publisher(settings, linger_ms=20)
     summary = IngestSummary()
     lock = threading.Lock()
     seen: dict[str, str] = {}
@@ -93,37 +102,37 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
     def failed(path: Path):
         def fail(exc) -> None:
             with lock:
-                summary.failed[str(path)] = f"not published: {exc}"
+                summary.failed[display_path(path)] = f"not published: {exc}"
         return fail
 
     try:
         for path in (progress(paths) if progress else paths):
+            shown = display_path(path)
             try:
                 msg = message_for_file(path, label_from_dir, attributes, id_from,
                                        settings.inline_max_bytes)
-                check_id(msg.id)
+                key, value, headers = msg.to_record()  # refuses what a worker would refuse
             except OSError as exc:
-                summary.failed[str(path)] = f"cannot read: {exc.strerror or exc}"
+                summary.failed[shown] = f"cannot read: {exc.strerror or exc}"
                 continue
             except InputError as exc:
-                summary.failed[str(path)] = exc.message
+                summary.failed[shown] = exc.message
                 continue
             if msg.id in seen:
-                summary.skipped[str(path)] = f"same id as {seen[msg.id]}"
+                summary.skipped[shown] = f"same id as {seen[msg.id]}"
                 continue
-            seen[msg.id] = str(path)
-            key, value, headers = msg.to_record()
+            seen[msg.id] = shown
             try:
-                future = producer.send(settings.topic, key=key, value=value, headers=headers)
+                future = publisher.send(settings.topic, key, value, headers)
             except KafkaError as exc:
-                summary.failed[str(path)] = f"not published: {exc}"
+                summary.failed[shown] = f"not published: {exc}"
                 continue
             summary.ids.append(msg.id)
             future.add_callback(sent(msg.uri is not None))
             future.add_errback(failed(path))
-        producer.flush(timeout=SEND_TIMEOUT_S)
+        publisher.flush()
     finally:
-        producer.close(timeout=10)
+        publisher.close()
     failed_paths = set(summary.failed)
     if failed_paths:  # ids of files whose send failed are not published
         ok_ids = {msg_id for msg_id, p in seen.items() if p not in failed_paths}
@@ -133,21 +142,7 @@ def ingest_files(settings: KafkaSettings, paths: Sequence[Path], label_from_dir:
 
 def delete_ids(settings: KafkaSettings, ids: Iterable[str]) -> int:
     """Publish a tombstone per id; workers remove those ids (and thumbnails) from the index."""
-    ids = list(dict.fromkeys(ids))
-    for image_id in ids:
-        check_id(image_id)
-    ensure_topics(settings)
-    producer = make_producer(settings)
-    try:
-        futures = []
-        for image_id in ids:
-            key, value, headers = ImageMessage(id=image_id, data=None).to_record()
-            futures.append(producer.send(settings.topic, key=key, value=value, headers=headers))
-        producer.flush(timeout=SEND_TIMEOUT_S)
-        for future in futures:
-            future.get(timeout=SEND_TIMEOUT_S)
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"could not publish the tombstones: {exc}") from None
-    finally:
-        producer.close(timeout=10)
+    ids = [check_id(image_id) for image_id in dict.fromkeys(ids)]
+    with Publisher(settings) as publisher:
+        publisher.publish(ImageMessage(id=image_id, data=None) for image_id in ids)
     return len(ids)

@@ -8,6 +8,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from twinstream.errors import ServiceUnavailable
 from twinstream.settings import KafkaSettings
+from worker.membership import LeaderTrackingRange
 
 # Large enough for an inlined image (TWINSTREAM ingest inlines up to ~900 KB) plus headers.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -38,7 +39,7 @@ def make_producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     try:
         return KafkaProducer(**config)
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
 
 
 def make_consumer(settings: KafkaSettings, group: str | None = None, **overrides
@@ -50,12 +51,14 @@ def make_consumer(settings: KafkaSettings, group: str | None = None, **overrides
                   heartbeat_interval_ms=max(500, settings.session_timeout_ms // 6),
                   max_partition_fetch_bytes=MAX_REQUEST_BYTES,
                   fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+                  # Range, plus knowing whether we lead the group (worker/membership.py).
+                  partition_assignment_strategy=[LeaderTrackingRange()],
                   client_id="twinstream-worker")
     config.update(overrides)
     try:
         return KafkaConsumer(**config)
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
 
 
 def make_admin(settings: KafkaSettings) -> KafkaAdminClient:
@@ -64,7 +67,7 @@ def make_admin(settings: KafkaSettings) -> KafkaAdminClient:
                                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                                 request_timeout_ms=15000, client_id="twinstream-admin")
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
 
 
 def ensure_topics(settings: KafkaSettings) -> None:
@@ -87,6 +90,6 @@ def ensure_topics(settings: KafkaSettings) -> None:
                 except TopicAlreadyExistsError:
                     pass  # another process won the race: fine
     except KafkaError as exc:
-        raise _unreachable(settings, exc) from None
+        raise _unreachable(settings, exc) from exc
     finally:
         admin.close()

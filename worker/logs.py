@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from twinstream.fields import printable
+
 _FIELDS = "fields"
 
 
@@ -42,17 +44,19 @@ class TextFormatter(logging.Formatter):
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         fields = " ".join(f"{k}={_text(v)}" for k, v in getattr(record, _FIELDS, {}).items())
         line = (f"{stamp} {record.levelname.lower():7s} [{self.worker_id}] "
-                f"{record.getMessage()}" + (f"  {fields}" if fields else ""))
+                f"{printable(record.getMessage())}" + (f"  {fields}" if fields else ""))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
 def _text(value) -> str:
+    """A field's value for a text line: quoted (JSON, which also escapes control characters)
+    when it holds spaces or anything unprintable, since reasons and ids come from producers."""
     if isinstance(value, float):
         return f"{value:.4g}"
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    return json.dumps(text) if (" " in text or not text or not text.isprintable()) else text
 
 
 def configure(fmt: str, worker_id: str, quiet: bool = False) -> None:

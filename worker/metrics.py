@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-STEPS = ("decode", "embed", "write")
+STEPS = ("decode", "embed", "write", "durable")
 
 
 class WorkerMetrics:
@@ -42,6 +42,16 @@ class WorkerMetrics:
         commit_age = Gauge("twinstream_worker_last_commit_age_seconds",
                            "Seconds since this worker last committed offsets.", registry=r)
         commit_age.set_function(lambda: time.monotonic() - self._last_commit)
+
+    def track_uncommitted(self, in_flight, written) -> None:
+        """Gauges read at scrape time: records read but not written, written but not
+        committed (what a crash now would make the group re-deliver)."""
+        gauge = Gauge("twinstream_worker_uncommitted_records",
+                      "Records not committed yet: in_flight (read, not yet written) or written "
+                      "(in Redis or the dead-letter topic, offset not committed yet).",
+                      ["state"], registry=self.registry)
+        gauge.labels("in_flight").set_function(in_flight)
+        gauge.labels("written").set_function(written)
 
     def committed(self) -> None:
         self._last_commit = time.monotonic()

@@ -37,6 +37,8 @@ class Pipeline:
                                           daemon=True) for i, s in enumerate(self.steps)]
         self.error: BaseException | None = None
         self.in_flight = 0  # touched by the caller's thread only
+        # Per step: (batch seq, monotonic start) of the batch it is working on, or None.
+        self._busy: list[tuple[int, float] | None] = [None] * len(self.steps)
 
     def start(self) -> Pipeline:
         for t in self._threads:
@@ -64,6 +66,17 @@ class Pipeline:
         self.in_flight -= len(out)
         return out
 
+    def stalled(self, bound_s: float) -> tuple[str, int, float] | None:
+        """The step that has held one batch for more than ``bound_s`` seconds, as (step name,
+        batch seq, seconds), the longest first; None when every batch moves."""
+        now = time.monotonic()
+        worst = None
+        for step, busy in zip(self.steps, list(self._busy), strict=True):
+            if busy is not None and now - busy[1] > bound_s \
+                    and (worst is None or now - busy[1] > worst[2]):
+                worst = (step.name, busy[0], now - busy[1])
+        return worst
+
     def stop(self, timeout_s: float = 10.0) -> None:
         self._queues[0].put(_STOP)
         deadline = time.monotonic() + timeout_s
@@ -81,11 +94,14 @@ class Pipeline:
             if self.error is not None:
                 continue  # stopped by an earlier failure: let batches fall, uncommitted
             started = time.perf_counter()
+            self._busy[i] = (batch.seq, time.monotonic())
             try:
                 step(batch)
             except BaseException as exc:
                 self.error = exc
                 continue
+            finally:
+                self._busy[i] = None
             seconds = time.perf_counter() - started
             batch.seconds[step.name] = seconds
             self.observe(step.name, seconds)

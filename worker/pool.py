@@ -17,16 +17,26 @@ import signal
 import time
 from dataclasses import dataclass, replace
 
-from twinstream.errors import TwinstreamError
+from twinstream.errors import (
+    ConfigError,
+    IndexMismatchError,
+    InputError,
+    ModelError,
+    NotFoundError,
+    TwinstreamError,
+)
 from twinstream.settings import Settings
+from twinstream.supervise import die_with_parent
+from worker.health import HEALTHY_RUN_S
 from worker.logs import configure, event
 
 log = logging.getLogger("twinstream.worker")
 
-FATAL_EXIT_CODES = frozenset({2, 3, 4, 5})
+# A child that exits with a user-error code would fail the same way again: not restarted.
+FATAL_EXIT_CODES = frozenset(cls.exit_code for cls in (ConfigError, InputError, ModelError,
+                                                       IndexMismatchError, NotFoundError))
 RESTART_FIRST_S = 1.0
 RESTART_CAP_S = 30.0
-HEALTHY_RUN_S = 60.0
 KILL_GRACE_S = 10.0
 
 
@@ -46,26 +56,39 @@ def child_settings(settings: Settings, index: int, processes: int) -> Settings:
 
 
 def run_worker(settings: Settings, idle_exit_s: float | None = None, reindex: bool = False,
-               quiet: bool = False, signals=(signal.SIGTERM, signal.SIGINT)) -> dict:
-    """One worker in this process until stopped by ``signals`` (or idle); returns its counts."""
+               quiet: bool = False, signals=(signal.SIGTERM, signal.SIGINT),
+               crashes: int = 0, last_exit_code: int | None = None) -> dict:
+    """One worker in this process until stopped by ``signals`` (or idle); returns its counts.
+    ``crashes``: how many times in a row the pool saw this slot crash before starting it."""
     from worker.consumer import Worker, default_worker_id
 
     worker_id = default_worker_id()
     configure(settings.worker.log_format, worker_id, quiet)
-    worker = Worker(settings, worker_id, reindex=reindex)
+    worker = Worker(settings, worker_id, reindex=reindex, crashes=crashes,
+                    last_exit_code=last_exit_code)
     worker.install_signal_handlers(signals)
     return worker.run(idle_exit_s).to_dict()
 
 
-def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results) -> None:
+def _child(settings: Settings, idle_exit_s, reindex: bool, quiet: bool, results,
+           crashes: int = 0, last_exit_code: int | None = None,
+           parent_pid: int | None = None) -> None:
+    # Die with the pool: a SIGKILLed parent must not leave its children consuming as orphans
+    # (a supervisor restarting the pool would double the consumers). SIGTERM, so the child still
+    # writes and commits what it holds. The parent may already be gone by now: check.
+    if parent_pid is not None:
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            raise SystemExit(0)
     # A terminal's Ctrl-C reaches the whole process group; the parent turns it into one SIGTERM
     # per child, so a child that also took the SIGINT would count two signals and hurry.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        stats = run_worker(settings, idle_exit_s, reindex, quiet, signals=(signal.SIGTERM,))
+        stats = run_worker(settings, idle_exit_s, reindex, quiet, signals=(signal.SIGTERM,),
+                           crashes=crashes, last_exit_code=last_exit_code)
     except TwinstreamError as exc:
         event(log, exc.message, logging.ERROR, exit_code=exc.exit_code)
-        raise SystemExit(exc.exit_code) from None
+        raise SystemExit(exc.exit_code) from exc
     results.put(stats)
 
 
@@ -75,6 +98,7 @@ class _Slot:
     process: mp.Process | None = None
     started: float = 0.0
     crashes: int = 0
+    last_exit_code: int | None = None
     restart_at: float = 0.0
     done: bool = False
 
@@ -98,7 +122,8 @@ class WorkerPool:
     def _spawn(self, slot: _Slot) -> None:
         s = child_settings(self.settings, slot.index, self.processes)
         slot.process = self._ctx.Process(
-            target=_child, args=(s, self.idle_exit_s, self.reindex, self.quiet, self._results),
+            target=_child, args=(s, self.idle_exit_s, self.reindex, self.quiet, self._results,
+                                 slot.crashes, slot.last_exit_code, os.getpid()),
             name=f"twinstream-worker-{slot.index}")
         slot.process.start()
         slot.started = time.monotonic()
@@ -144,15 +169,18 @@ class WorkerPool:
             code = slot.process.exitcode
             slot.process.join()
             slot.process = None
-            if self.stopping or code == 0:
+            if code in FATAL_EXIT_CODES:
                 slot.done = True
-                self.exit_code = max(self.exit_code, abs(code or 0))
-            elif code in FATAL_EXIT_CODES:
-                slot.done = True
-                self.exit_code = code
+                self.exit_code = self.exit_code if self.exit_code in FATAL_EXIT_CODES else code
                 self.stop()
+            elif self.stopping or code == 0:
+                slot.done = True
+                # A child that the pool itself stopped after a fatal exit does not hide it.
+                if self.exit_code not in FATAL_EXIT_CODES:
+                    self.exit_code = max(self.exit_code, abs(code or 0))
             else:
                 slot.crashes = 1 if now - slot.started > HEALTHY_RUN_S else slot.crashes + 1
+                slot.last_exit_code = code
                 delay = min(RESTART_CAP_S, RESTART_FIRST_S * 2 ** (slot.crashes - 1))
                 slot.restart_at = now + delay
                 event(log, "worker process crashed", logging.WARNING, slot=slot.index,

@@ -104,7 +104,7 @@ def render(status: dict) -> str:
             rec = w.get("records", {})
             lines.append(
                 f"  {w.get('worker')}  {w.get('mode')}  partitions "
-                f"{','.join(map(str, w.get('partitions', []))) or '-'}  {health}  "
+                f"{','.join(map(str, w.get('partitions', []))) or _unassigned(w)}  {health}  "
                 f"indexed {rec.get('indexed', 0)}  dead {rec.get('dead_lettered', 0)}  "
                 f"seen {w.get('seen_s_ago')}s ago")
             for name, problem in w.get("health", {}).get("failing", {}).items():
@@ -120,3 +120,9 @@ def render(status: dict) -> str:
     for part, error in status["errors"].items():
         lines.append(f"{part}: unavailable: {error}")
     return "\n".join(lines)
+
+
+def _unassigned(worker: dict) -> str:
+    """'-', with for how long when the worker says (a group that never assigns shows here)."""
+    seconds = worker.get("unassigned_for_s")
+    return f"- (none for {seconds:.0f}s)" if seconds else "-"

@@ -2,9 +2,11 @@
 reading a whole topic (for ``dlq list`` and ``status``).
 
 End offsets: tansu (the embedded broker) reports a partition's end as *the last record batch's
-base offset + 1*, too low when a producer batched several records. So for each partition that
-is not empty we fetch from ``reported end - 1`` (the last batch's first record) and take the last
-record's offset + 1. On Apache Kafka this gives the same number as the reported one.
+base offset + 1*, too low when a producer batched several records; its fetch responses carry the
+true high watermark. So for each partition that is not empty we fetch from ``reported end - 1``
+(the last batch's first record) and take the high watermark of that fetch (or the last record's
+offset + 1). That works even when the last batch cannot be parsed by the client (a hostile
+producer's header). On Apache Kafka this gives the same number as the reported one.
 """
 
 from __future__ import annotations
@@ -46,9 +48,18 @@ def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition]) -> dict[Topi
     waiting = set(open_tps)
     deadline = time.monotonic() + FETCH_TIMEOUT_S
     while waiting and time.monotonic() < deadline:
-        for tp, records in consumer.poll(timeout_ms=200).items():
+        try:
+            polled = consumer.poll(timeout_ms=200)
+        except (KafkaError, ValueError, IndexError):  # an unreadable record: the fetch still
+            polled = {}                                # brought the high watermark
+        for tp, records in polled.items():
             if records:
                 ends[tp] = max(ends[tp], records[-1].offset + 1)
+        for tp in list(waiting):
+            high = consumer.highwater(tp)
+            if high is not None:
+                ends[tp] = max(ends[tp], high)
+            if high is not None or polled.get(tp):
                 waiting.discard(tp)
                 consumer.pause(tp)  # one fetch per partition is enough
     consumer.assign([])

@@ -23,6 +23,7 @@ class OffsetTracker:
         self._finished: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}  # commit position reached (last done + 1)
         self._committed: dict[TopicPartition, int] = {}
+        self._first: dict[TopicPartition, int] = {}  # first offset read since the assignment
 
     def reset(self) -> None:
         """Forget everything in flight: the partitions were (re)assigned."""
@@ -31,12 +32,14 @@ class OffsetTracker:
         self._finished.clear()
         self._next.clear()
         self._committed.clear()
+        self._first.clear()
 
     def read(self, records: Iterable[Any]) -> None:
         """Records handed to the pipeline, in the order the consumer returned them."""
         for r in records:
-            self._in_flight.setdefault(TopicPartition(r.topic, r.partition), deque()).append(
-                r.offset)
+            tp = TopicPartition(r.topic, r.partition)
+            self._in_flight.setdefault(tp, deque()).append(r.offset)
+            self._first.setdefault(tp, r.offset)
 
     def finished(self, records: Iterable[Any], generation: int) -> None:
         """Records now in Redis or in the dead-letter topic."""
@@ -62,7 +65,13 @@ class OffsetTracker:
         self._committed.update(offsets)
 
     def in_flight(self) -> int:
+        """Records read and not yet in Redis or the dead-letter topic (or done out of order)."""
         return sum(len(q) for q in self._in_flight.values())
+
+    def written_uncommitted(self) -> int:
+        """Records written (an unbroken run) whose offsets are not committed yet."""
+        return sum(pos - self._committed.get(tp, self._first.get(tp, pos))
+                   for tp, pos in self._next.items())
 
     def position(self, tp: TopicPartition) -> int | None:
         """The committed position of a partition, if this worker committed one."""

@@ -42,25 +42,43 @@ function setFile(file) {
   run();
 }
 
-function card(hit, rank) {
-  const item = el("li", "card");
-  item.dataset.id = hit.id;
-  item.dataset.testid = "result";
-  const img = el("img");
-  img.src = hit.thumbnail_url;
-  img.alt = hit.attributes.label || hit.id;
-  img.loading = "lazy";
-  img.onerror = () => { img.style.visibility = "hidden"; };
+// A similarity people can read: the calibrated probability that it is the same identity when the
+// model card has a calibration, the raw cosine beside it (or alone, for older models).
+function similarity(hit) {
   const score = el("div", "score");
   const bar = el("div", "bar");
   const fill = el("span");
-  fill.style.width = `${Math.max(0, Math.min(1, hit.score)) * 100}%`;
+  const p = hit.probability;
+  fill.style.width = `${Math.max(0, Math.min(1, p ?? hit.score)) * 100}%`;
   bar.append(fill);
-  score.append(el("span", "value", hit.score.toFixed(3)), bar);
-  item.append(el("span", "rank", `#${rank}`), img,
-              el("span", "label", String(hit.attributes.label ?? "(no label)")),
-              score, el("span", "id", hit.id));
-  item.title = JSON.stringify(hit.attributes, null, 1);
+  if (p === null || p === undefined) {
+    score.append(el("span", "value", hit.score.toFixed(3)), bar);
+  } else {
+    const value = el("span", "value", `${(p * 100).toFixed(p > 0.99 || p < 0.01 ? 1 : 0)}%`);
+    value.title = "probability that it is the same identity (calibrated)";
+    value.dataset.testid = "probability";
+    score.append(value, el("span", "cosine", `cos ${hit.score.toFixed(3)}`), bar);
+  }
+  return score;
+}
+
+function card(hit, rank) {
+  // Search hits are items (id, attributes); recognition hits are identities (label, references).
+  const identity = hit.label !== undefined && hit.attributes === undefined;
+  const label = identity ? hit.label : String(hit.attributes.label ?? "(no label)");
+  const item = el("li", "card");
+  item.dataset.id = identity ? hit.label : hit.id;
+  item.dataset.testid = "result";
+  const img = el("img");
+  img.src = hit.thumbnail_url;
+  img.alt = label;
+  img.loading = "lazy";
+  img.onerror = () => { img.style.visibility = "hidden"; };
+  const detail = identity ? `${hit.references} reference${hit.references === 1 ? "" : "s"}`
+                          : hit.id;
+  item.append(el("span", "rank", `#${rank}`), img, el("span", "label", label),
+              similarity(hit), el("span", "id", detail));
+  item.title = identity ? hit.label : JSON.stringify(hit.attributes, null, 1);
   return item;
 }
 
@@ -69,13 +87,20 @@ function showHits(hits) {
 }
 
 function showVerdict(body) {
-  verdict.replaceChildren(
-    el("div", "label", body.known ? body.label : "unknown"),
-    el("div", "detail", body.known
-      ? `best match ${body.score.toFixed(3)} ≥ threshold ${body.threshold.toFixed(3)}`
-      : `best match ${body.score.toFixed(3)} < threshold ${body.threshold.toFixed(3)}`));
+  const chance = body.probability === null || body.probability === undefined ? ""
+    : ` · probability ${(body.probability * 100).toFixed(1)}%`;
+  const compare = body.known ? "≥" : "<";
+  const detail = el("div", "detail",
+    `best match ${body.score.toFixed(4)} ${compare} threshold ${body.threshold.toFixed(4)}` +
+    chance);
+  const reason = el("div", "reason", `threshold: ${body.threshold_reason}`);
+  reason.dataset.testid = "threshold-reason";
+  verdict.replaceChildren(el("div", "label", body.known ? body.label : "unknown"), detail,
+                          reason);
+  if (body.warning) verdict.append(el("div", "warning", body.warning));
   verdict.className = body.known ? "verdict" : "verdict unknown";
   verdict.dataset.label = body.known ? body.label : "unknown";
+  verdict.dataset.probability = body.probability ?? "";
   verdict.hidden = false;
 }
 

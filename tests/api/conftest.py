@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from index.identities import Identities
 from index.store import VectorIndex, connect
 from twinstream.messages import content_id
 from twinstream.preprocess import decode_image
@@ -50,6 +51,7 @@ class RunningServer:
     url: str
     settings: Settings
     client: httpx.Client
+    app: object = None  # the FastAPI app, served in this process (its state is reachable)
 
 
 def unique_settings(base: Settings, stack, model: Path | None) -> Settings:
@@ -68,7 +70,8 @@ def unique_settings(base: Settings, stack, model: Path | None) -> Settings:
 def running_server(settings: Settings, encoder: Encoder | None) -> Iterator[RunningServer]:
     """uvicorn serving ``create_app(settings, encoder)`` on a free port, in a thread."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, encoder), host="127.0.0.1", port=port,
+    app = create_app(settings, encoder)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port,
                             log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -81,7 +84,7 @@ def running_server(settings: Settings, encoder: Encoder | None) -> Iterator[Runn
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            yield RunningServer(url, settings, client)
+            yield RunningServer(url, settings, client, app)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -111,10 +114,26 @@ def gallery(api_settings, encoder, shapes_data) -> Gallery:
                   for i, v, p in zip(ids, vectors, paths, strict=True)])
     index.put_thumbnails({i: make_thumbnail(decode_image(b)) for i, b in zip(ids, blobs,
                                                                             strict=True)})
+    identities = Identities(index)  # every image is a reference of its class's identity
+    for i, v, p in zip(ids, vectors, paths, strict=True):
+        identities.add(p.parent.name, i, v)
     return Gallery({i: (p, p.parent.name) for i, p in zip(ids, paths, strict=True)})
 
 
 @pytest.fixture(scope="package")
 def api(api_settings, encoder, gallery) -> Iterator[RunningServer]:
     with running_server(api_settings, encoder) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def write_api(base_settings, stack, onnx_model, encoder) -> Iterator[RunningServer]:
+    """A server with an index and topic of its own, for tests that enroll, ingest and delete
+    whatever they like (the shared gallery stays as the other tests expect it)."""
+    from tests import imagegen
+
+    with running_server(unique_settings(base_settings, stack, onnx_model), encoder) as server:
+        first = server.client.post("/enroll", data={"label": "first"}, files={
+            "image": ("a.png", imagegen.encode(imagegen.gradient(24, seed=77)))})
+        assert first.status_code == 201, first.text  # the index exists from here on
         yield server

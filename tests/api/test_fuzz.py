@@ -104,3 +104,63 @@ def test_search_raw_bodies_never_fail_on_the_server(api, gallery, raw, ctype):
 def test_verify_never_fails_on_the_server(api, gallery, a, b, fields, drop):
     files = {k: (f"{k}.png", v) for k, v in (("a", a), ("b", b)) if k != drop}
     check(api.client.post("/verify", files=files, data=fields))
+
+
+# --- issue 11: every route, byte-level bodies, and the connection after each answer ------------
+
+ROUTES = [("POST", "/search"), ("POST", "/recognize"), ("POST", "/verify"), ("POST", "/enroll"),
+          ("POST", "/ingest"), ("DELETE", "/items/{id}"), ("GET", "/items/{id}"),
+          ("GET", "/items/{id}/thumbnail"), ("GET", "/readyz"), ("GET", "/healthz"),
+          ("GET", "/metrics"), ("GET", "/"), ("GET", "/openapi.json")]
+
+hostile_text = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["\udc80", "a\x1b[2J", "x" * 700, "../../etc/passwd", "%00", "%ff%fe",
+                     "a/b/thumbnail", "", " ", "\u2028"]),
+)
+raw_bodies = st.one_of(
+    st.binary(max_size=400),
+    st.sampled_from([b"[" * 50_000 + b"]" * 50_000, b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
+                     b'{"id": "\\udc80", "k": 3}', b'{"vector": [1e999]}', b"\xff\xfe\xfd",
+                     b'{"k": ' + b"9" * 5000 + b"}", b'{"filter": "\\u0000"}', b"{}"]),
+    st.builds(lambda t: json.dumps({"id": t, "filter": t, "k": 3}).encode(), hostile_text),
+)
+content_types = st.sampled_from(["application/json", "multipart/form-data; boundary=xyz",
+                                 "multipart/form-data", "application/x-www-form-urlencoded",
+                                 "text/plain", "image/png", ""])
+
+
+def check_with_documented_503(response) -> None:
+    """Like ``check``, but a 503 is allowed when it is the decode budget's (with Retry-After)."""
+    if response.status_code == 503 and response.headers.get("retry-after"):
+        return
+    check(response)
+
+
+@FUZZ
+@given(route=st.sampled_from(ROUTES), item=hostile_text, raw=raw_bodies, ctype=content_types)
+def test_every_route_answers_byte_level_bodies_without_a_5xx(write_api, route, item, raw, ctype):
+    from urllib.parse import quote
+
+    method, path = route
+    path = path.replace("{id}", quote(item.encode("utf-8", "surrogatepass"), safe="") or "x")
+    headers = {"content-type": ctype} if ctype else {}
+    response = write_api.client.request(method, path, content=raw, headers=headers)
+    check_with_documented_503(response)
+    assert write_api.client.get("/healthz").status_code == 200  # the server still answers
+
+
+@FUZZ
+@given(data=image_bytes, fields=form_fields, label=hostile_text, attrs=raw_bodies)
+def test_write_routes_never_fail_on_the_server(write_api, data, fields, label, attrs):
+    form = {**fields, "label": label.encode("utf-8", "surrogatepass"),
+            "attributes": attrs}
+    for path in ("/enroll", "/ingest"):
+        check_with_documented_503(write_api.client.post(
+            path, files={"image": ("a.png", data)}, data=form))
+
+
+@FUZZ
+@given(data=image_bytes, fields=form_fields)
+def test_recognize_never_fails_on_the_server(api, gallery, data, fields):
+    check(api.client.post("/recognize", files={"image": ("q.png", data)}, data=fields))

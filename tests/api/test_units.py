@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from api.errors import ApiError, status_of
-from api.images import decode_upload
+from api.errors import status_of
 from api.limits import BodyLimitMiddleware, TimeoutMiddleware
 from tests import imagegen
 from twinstream.errors import (
@@ -36,14 +35,24 @@ def test_error_statuses():
 @pytest.mark.parametrize(("name", "status"), [("text_file", 415), ("random_bytes", 415),
                                               ("truncated_png", 400), ("zero_bytes", 400)])
 def test_upload_decoding_statuses(name, status):
-    with pytest.raises(ApiError) as caught:
-        decode_upload(imagegen.hostile()[name], max_pixels=10_000_000)
-    assert caught.value.status == status
+    with pytest.raises(ImageDecodeError) as caught:
+        _service().prepare(imagegen.hostile()[name], embed=False)
+    assert status_of(caught.value) == status
 
 
 def test_upload_decoding_accepts_what_workers_accept():
     for data in imagegen.unusual_but_valid().values():
-        assert decode_upload(data, max_pixels=10_000_000).size[0] > 0
+        assert _service().prepare(data, embed=False, thumbnail=True).thumbnail
+
+
+def _service():
+    from dataclasses import replace
+
+    from index.service import SearchService
+
+    settings = load_settings({})
+    return SearchService(replace(settings, worker=replace(settings.worker,
+                                                          max_image_pixels=10_000_000)))
 
 
 # --- the ASGI limits, driven directly ------------------------------------------------------------

@@ -102,3 +102,59 @@ def test_unknown_setting_variable_is_a_config_error(image):
 def test_missing_image_file(tmp_path):
     result = twinstream("ingest", str(tmp_path / "nope.png"), "--bootstrap", "127.0.0.1:1")
     assert_one_line_error(result, 2, "no such file")
+
+
+# --- issue 11: input that used to end in "internal error ... please report it" (exit 70) -------
+
+def test_non_utf8_filter_and_id_are_clear_errors(image, onnx_model, stack):
+    # argv bytes that are not UTF-8 reach Python as lone surrogates.
+    bad = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    redis_url = stack.redis_url
+    for args in (("query", "--id", f"x{bad}"), ("query", str(image), "--filter", f'.a == "{bad}"'),
+                 ("query", str(image), "--index", f"i{bad}")):
+        result = twinstream(*args, "--model", str(onnx_model), "--redis-url", redis_url)
+        assert result.returncode == 2, (args, result.stderr)
+        assert_one_line_error(result, 2)
+        assert "internal error" not in result.stderr
+
+
+def test_a_bootstrap_that_is_not_host_port_is_a_config_error(image):
+    for bootstrap in ("not a host:::", "host:99999", "host", "a:1,b:x"):
+        result = twinstream("ingest", str(image), "--bootstrap", bootstrap)
+        assert_one_line_error(result, 2, "host:port")
+
+
+def test_a_card_with_a_wrong_type_is_a_model_error(tmp_path, onnx_model, image):
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(onnx_model))
+    for prop in proto.metadata_props:
+        if prop.key == "twinstream.embedding_dim":
+            prop.value = json.dumps("abc")
+    bad = tmp_path / "bad-card.onnx"
+    onnx.save(proto, str(bad))
+    assert_one_line_error(twinstream("model-card", str(bad)), 3, "embedding_dim")
+    assert_one_line_error(twinstream("embed", str(image), "--model", str(bad)), 3)
+
+
+def test_a_model_whose_graph_was_edited_under_its_card_is_refused(tmp_path, onnx_model, image):
+    """Before the fix the version was never recomputed on load: vectors of another embedding
+    space went into the live index under the old version's name."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_model))
+    weight = proto.graph.initializer[0]
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += np.float32(0.5)
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(proto, str(edited))  # the old card, version included, kept as it was
+    result = twinstream("embed", str(image), "--model", str(edited))
+    assert_one_line_error(result, 3, "changed after export")
+    result = twinstream("worker", "--model", str(edited), "--bootstrap", "127.0.0.1:1",
+                        "--redis-url", "redis://127.0.0.1:1", "--processes", "1", "-q")
+    assert_one_line_error(result, 3, "changed after export")

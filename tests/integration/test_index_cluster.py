@@ -12,7 +12,7 @@ from index.versions import drop_version, list_versions
 from tests.index_data import card, clustered, exact_top_k
 from twinstream.cli import main
 from twinstream.errors import ConfigError
-from twinstream.stack import LocalRedisCluster
+from twinstream.redis_cluster import LocalRedisCluster
 
 pytestmark = pytest.mark.integration
 DIM = 32

@@ -173,9 +173,9 @@ def test_bad_writes_write_nothing(filled):
         ([("new1", fresh[0], {}), ("new2", np.full(DIM, np.inf), {})], InputError, "infinity"),
         ([("new1", fresh[0], {"model_version": "someone-else"})], IndexMismatchError,
          "another model"),
-        ([("new1", fresh[0], {"bad": {1, 2}})], InputError, "not valid JSON"),
-        ([("new1", fresh[0], {"x": float("nan")})], InputError, "not valid JSON"),
-        ([("", fresh[0], {})], InputError, "non-empty"),
+        ([("new1", fresh[0], {"bad": {1, 2}})], InputError, "not a JSON value"),
+        ([("new1", fresh[0], {"x": float("nan")})], InputError, "must be finite"),
+        ([("", fresh[0], {})], InputError, "must not be empty"),
         ([("img0004", fresh[2], {}), ("new1", fresh[0], "label")], InputError, "JSON object"),
     ]
     for batch, error, needle in batches:

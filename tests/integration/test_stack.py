@@ -10,7 +10,8 @@ import time
 import pytest
 
 from twinstream.errors import StackStartError
-from twinstream.stack import LocalStack, kafka_api_versions, redis_ping
+from twinstream.probes import kafka_api_versions, redis_ping
+from twinstream.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 

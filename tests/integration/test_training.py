@@ -220,7 +220,8 @@ def test_bad_input_gets_clear_errors(shapes_data, trained_run, tmp_path, capsys)
 
 
 def test_ddp_with_two_processes(shapes_data, tmp_path):
-    """torchrun starts two processes (gloo); gradients are averaged, rank 0 writes the run."""
+    """torchrun starts two processes (gloo); they train as one (tests/integration/test_ddp.py)
+    and end with the same weights; rank 0 writes the run."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
            "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m",
@@ -235,5 +236,6 @@ def test_ddp_with_two_processes(shapes_data, tmp_path):
     assert outputs[0]["processes"] == 2 and outputs[0]["epochs_run"] == 2
     report = json.loads((out / "report.json").read_text())
     assert report["processes"] == 2 and len(report["history"]) == 2
+    assert report["ranks_in_sync"] is True  # checked across the ranks at the end of training
     model, _ = load_checkpoint(out / "best.pt")
     assert np.isfinite(sum(p.sum().item() for p in model.parameters()))

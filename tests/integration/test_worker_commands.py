@@ -28,6 +28,7 @@ from tests.integration.worker_support import (
 )
 from twinstream.errors import IndexMismatchError
 from twinstream.messages import content_id
+from twinstream.runtime import Encoder
 from twinstream.stack import free_port
 from worker.heartbeat import list_workers
 
@@ -36,21 +37,26 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def other_model(onnx_model, tmp_path_factory):
-    """The session model under another version: what a newly trained model looks like to the
-    worker (the guard and re-indexing look at the version only)."""
+    """The session model with one weight nudged and its card re-versioned by the exporter's own
+    code: what a newly trained model looks like to the worker (a new version)."""
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
+
+    from export.card import read_card, save_atomic, with_card
 
     proto = onnx.load(str(onnx_model))
-    for prop in proto.metadata_props:
-        if prop.key == "twinstream.version":
-            prop.value = json.dumps("0ther0model0v2")
-    path = tmp_path_factory.mktemp("model-b") / "model-b.onnx"
-    onnx.save(proto, str(path))
-    return path
+    weight = proto.graph.initializer[0]
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += np.float32(1e-3)
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    carded, card = with_card(proto, read_card(proto, str(onnx_model)))
+    assert card.version != read_card(onnx.load(str(onnx_model)), "").version
+    return save_atomic(carded, tmp_path_factory.mktemp("model-b") / "model-b.onnx")
 
 
 def test_ingest_labels_attributes_duplicates_and_by_reference(model_settings, tmp_path):
-    s = fast(model_settings)
+    s = fast(model_settings, uri_roots=str(tmp_path))
     for label, seed in (("cat", 1), ("dog", 2)):
         (tmp_path / "data" / label).mkdir(parents=True)
         (tmp_path / "data" / label / f"{label}.png").write_bytes(encode(gradient(seed=seed)))
@@ -84,7 +90,7 @@ def test_ingest_labels_attributes_duplicates_and_by_reference(model_settings, tm
 
 
 def test_dead_letters_list_replay_and_status(model_settings, tmp_path):
-    s = fast(model_settings)
+    s = fast(model_settings, uri_roots=str(tmp_path))
     late = tmp_path / "late.png"  # named by a record before it exists
     key, _, headers = image_record(b"", "late-image")
     publish(s, [(key, b"", [*headers, ("uri", str(late).encode())]),
@@ -127,6 +133,7 @@ def test_model_guard_reindex_and_promotion(model_settings, other_model):
     s = fast(model_settings)
     publish(s, [image_record(good_image(i)) for i in range(30)])
     b = replace(s, model=replace(s.model, path=str(other_model)))
+    version_b = Encoder(other_model).version
 
     with ThreadWorker(s) as old:
         wait_until(lambda: count(s) == 30, 60, "30 images indexed by model A")
@@ -140,16 +147,16 @@ def test_model_guard_reindex_and_promotion(model_settings, other_model):
                          timeout=180)
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
-        assert report["version"] == "0ther0model0v2" and report["caught_up"]
+        assert report["version"] == version_b and report["caught_up"]
         assert report["count"] == 30 and report["live_version"] == live
         client = connect(s.redis.url)
         assert VectorIndex.live_version(client, s.redis.index) == live  # old one still serves
 
-        VectorIndex.promote(client, s.redis.index, "0ther0model0v2")
+        VectorIndex.promote(client, s.redis.index, version_b)
         wait_until(lambda: not old.thread.is_alive(), 20, "the old-model worker stopping")
     assert isinstance(old.error, IndexMismatchError)
     assert "promoted" in old.error.message
-    assert index_of(s).count() == 30 and index_of(s).info.version == "0ther0model0v2"
+    assert index_of(s).count() == 30 and index_of(s).info.version == version_b
 
 
 def test_pool_restarts_a_crashed_child(model_settings):

@@ -108,3 +108,17 @@ def test_api_check_fails_when_nothing_listens(capsys):
 def test_train_check_imports_torch(capsys):
     code, text = run(capsys, "train", {})
     assert code == 0 and "torch" in text
+
+
+def test_the_health_check_imports_the_wire_probe_and_not_the_local_stack():
+    """The production image runs this check every few seconds: it needs the probe, not the code
+    that starts and supervises local servers."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
+            "print(' '.join(m for m in sys.modules if m.startswith('twinstream')))")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "docker" / "healthcheck.py")],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout.split()
+    assert "twinstream.probes" in out
+    assert not {"twinstream.stack", "twinstream.supervise", "twinstream.redis_cluster"} & set(out)

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.imagegen import encode, gradient, hostile
-from twinstream.encoder_options import add_encoder_options, foreign_preprocessing, load_encoder
+from twinstream.cli.encoder_options import add_encoder_options, foreign_preprocessing, load_encoder
 from twinstream.errors import ConfigError, InputError, ModelError
 from twinstream.modelcard import ModelCard, content_version
 from twinstream.preprocess import Preprocessing, preprocess_bytes
@@ -165,3 +165,54 @@ def test_load_encoder_uses_settings_and_flags(foreign):
         load_encoder(load_settings({}), args)
     with pytest.raises(ConfigError, match="INTER_THREADS"):
         load_settings({"TWINSTREAM_MODEL_INTER_THREADS": "0"})
+
+
+def carded_model(path, card: ModelCard) -> ModelCard:
+    """The foreign encoder with a card, versioned by export's own code."""
+    from export.card import save_atomic, with_card
+
+    proto = onnx.load(str(linear_encoder(path)))
+    carded, card = with_card(proto, card)
+    save_atomic(carded, path)
+    return card
+
+
+def test_the_version_is_recomputed_on_load_without_the_onnx_package(tmp_path):
+    from export.card import graph_bytes
+    from twinstream.modelcard import without_metadata
+
+    path = tmp_path / "m.onnx"
+    card = carded_model(path, ModelCard(embedding_dim=4, preprocessing=GREY8))
+    assert without_metadata(path.read_bytes()) == graph_bytes(onnx.load(str(path)))
+    assert Encoder(path).version == card.version
+
+
+def test_a_graph_edited_under_its_kept_card_is_refused(tmp_path):
+    path = tmp_path / "m.onnx"
+    carded_model(path, ModelCard(embedding_dim=4, preprocessing=GREY8))
+    proto = onnx.load(str(path))
+    proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(WEIGHTS * 2, "w"))
+    onnx.save(proto, str(path))  # same card, same version string, other weights
+    with pytest.raises(ModelError, match="changed after export"):
+        Encoder(path)
+
+
+@pytest.mark.parametrize("field, value", [("embedding_dim", "abc"), ("embedding_dim", True),
+                                          ("embedding_dim", 0), ("threshold", "high"),
+                                          ("threshold", 7), ("thresholds", [1]),
+                                          ("preprocessing", "abc"), ("metric", 3)])
+def test_a_card_with_values_of_the_wrong_type_is_a_model_error(field, value):
+    import json
+
+    props = ModelCard(embedding_dim=4, preprocessing=GREY8).to_metadata()
+    props[f"twinstream.{field}"] = json.dumps(value)
+    with pytest.raises(ModelError):
+        ModelCard.from_metadata(props)
+
+
+def test_bytes_that_are_not_a_protobuf_are_a_model_error():
+    from twinstream.modelcard import without_metadata
+
+    for junk in (b"\x0f\x01", b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x12\x05ab"):
+        with pytest.raises(ModelError):
+            without_metadata(junk)

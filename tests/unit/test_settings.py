@@ -45,7 +45,32 @@ def test_every_setting_is_documented_in_the_table():
 def test_readme_configuration_table_matches_the_settings():
     from pathlib import Path
 
-    from twinstream.docs import render
+    from twinstream.cli.docs import render
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert render(readme) == readme, "run `python -m twinstream.docs` to regenerate the table"
+    assert render(readme) == readme, "run `python -m twinstream.cli.docs` to regenerate the table"
+
+
+def test_bootstrap_must_be_host_port_pairs():
+    from twinstream.errors import ConfigError
+    from twinstream.settings import load_settings
+
+    for good in ("", "kafka:9092", "a:1,b:2", "[::1]:9092", "10.0.0.1:9092, 10.0.0.2:9092"):
+        load_settings({"TWINSTREAM_KAFKA_BOOTSTRAP": good})
+    for bad in ("not a host:::", "host", "host:0", "host:99999", "a:1,b:x", "http://a:1", "::1:9"):
+        with pytest.raises(ConfigError, match="host:port"):
+            load_settings({"TWINSTREAM_KAFKA_BOOTSTRAP": bad})
+
+
+def test_settings_refuse_nan_and_undecodable_bytes():
+    import os
+
+    from twinstream.errors import ConfigError
+    from twinstream.settings import load_settings
+
+    with pytest.raises(ConfigError):
+        load_settings({"TWINSTREAM_WORKER_SHUTDOWN_TIMEOUT_S": "nan"})
+    with pytest.raises(ConfigError, match="xff"):
+        load_settings({"TWINSTREAM_REDIS_INDEX": os.fsdecode(b"idx\xff")})
+    with pytest.raises(ConfigError, match="absolute"):
+        load_settings({"TWINSTREAM_WORKER_URI_ROOTS": "relative/dir"})

@@ -194,3 +194,60 @@ def test_pool_children_share_the_cores_and_get_their_own_metrics_port():
     assert a.model.threads >= 1 and a.model.threads == b.model.threads
     off = child_settings(Settings(), 1, 2)
     assert off.worker.metrics_port == 0
+
+
+def test_pipeline_names_the_step_a_batch_is_stuck_in():
+    import threading
+
+    release = threading.Event()
+
+    class Stuck:
+        name = "embed"
+
+        def __call__(self, batch):
+            release.wait(10)
+
+    pipe = Pipeline([Step("decode", []), Stuck()], capacity=3).start()
+    pipe.submit(Batch(7, []))
+    import time
+
+    time.sleep(0.3)
+    assert pipe.stalled(bound_s=5) is None  # busy, but not for long
+    step, seq, seconds = pipe.stalled(bound_s=0.1)
+    assert (step, seq) == ("embed", 7) and seconds >= 0.2
+    release.set()
+    assert [b.seq for b in pipe.finished(timeout_s=5)] == [7]
+    assert pipe.stalled(bound_s=0.0) is None
+    pipe.stop()
+
+
+def test_dead_letters_keep_header_names_that_are_not_utf8_escaped():
+    rec = Record("images", 0, 5, b"k", b"v", [("\udcff\udcfe", b"1"), ("ok", b"2")])
+    headers = dict(dead_letter_headers(rec, "parse", "why", "w1"))
+    assert headers["\\xff\\xfe"] == b"1" and headers["ok"] == b"2"
+    assert all(isinstance(k, str) and k.encode("utf-8") for k in headers)
+
+
+def test_an_unreadable_record_is_a_parse_failure_naming_its_place():
+    from worker.reader import UnreadableRecord
+
+    batch = Batch(1, [Item(UnreadableRecord("images", 2, 41, "the client cannot read it"))])
+    decoder = Decoder(SPEC, WorkerSettings())
+    decoder(batch)
+    decoder.close()
+    (item,) = batch.items
+    assert item.failure.stage == "parse" and "cannot read" in item.failure.reason
+    assert item.record.key is None and item.record.headers == []
+
+
+def test_decoder_close_never_waits_for_its_threads():
+    import threading
+    import time
+
+    decoder = Decoder(SPEC, WorkerSettings())
+    release = threading.Event()
+    decoder.pool.submit(release.wait, 30)  # a thread that will not finish soon
+    started = time.monotonic()
+    decoder.close()
+    assert time.monotonic() - started < 1
+    release.set()

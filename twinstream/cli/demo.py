@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from twinstream.cli.output import Output
 from twinstream.errors import TwinstreamError
-from twinstream.output import Output
 from twinstream.settings import Settings, child_env
 from twinstream.stack import stack_for, with_services
 
@@ -29,6 +29,8 @@ class DemoConfig:
     gallery_per_class: int = 40
     queries_per_class: int = 3
     epochs: int = 8
+    arch: str = "small"
+    image_size: int = 64
     workers: int = 2
     k: int = 5
     drain_timeout_s: float = 300.0
@@ -54,12 +56,13 @@ def run_demo(cfg: DemoConfig, settings: Settings, out: Output) -> dict:
         generate_shapes(data / name, per_class, seed=seed)
     lap("generate")
 
-    out.info(f"2/6 training the twin encoder ({cfg.epochs} epochs, contrastive loss)")
+    out.info(f"2/6 training the twin encoder ({cfg.arch}, {cfg.epochs} epochs, contrastive loss)")
     # Nine classes: an image-level split (every class in training) suits the demo's question,
     # "find more images of this class"; real data sets use the class-disjoint default. Eight
     # short epochs learn fastest without distortions and with a long (one-cycle) warm-up.
     trained = train(TrainConfig(data=str(data / "train"), out=str(cfg.out / "run"),
-                                epochs=cfg.epochs, seed=0, split="images", test_fraction=0.0,
+                                epochs=cfg.epochs, arch=cfg.arch, image_size=cfg.image_size,
+                                seed=0, split="images", test_fraction=0.0,
                                 augment=AugmentConfig(p=0.0), warmup=0.3), log=out.info)
     lap("train")
 
@@ -138,21 +141,28 @@ def _run_workers_until_indexed(settings: Settings, card, expected: int, cfg: Dem
 
 
 def _query_all(settings: Settings, model_path: Path, queries: list[Path], k: int) -> list[dict]:
-    from index.store import VectorIndex, connect
+    """Each held-out image through the search service (the one the CLI and the API call)."""
+    from index.service import SearchService
     from twinstream.runtime import Encoder
 
-    encoder = Encoder(model_path)
-    index = VectorIndex.live(connect(settings.redis.url), settings.redis.index)
-    embedded = encoder.embed_bytes([p.read_bytes() for p in queries])
+    service = SearchService(settings, Encoder(model_path))
     results = []
-    for vector, position in zip(embedded.vectors, embedded.kept, strict=True):
-        path = queries[position]
-        hits = index.search(vector, k=k)
+    for path in queries:
+        found = service.search_image(path.read_bytes(), k, what=str(path))
+        hits = found.hits
         label = path.parent.name
         same = sum(h.attributes.get("label") == label for h in hits)
         results.append({"query": str(path), "label": label, "agreement": same / k,
-                        "hits": [h.to_dict() for h in hits]})
+                        "hits": [{**h.to_dict(), "probability": p}
+                                 for h, p in zip(hits, found.probabilities, strict=True)]})
     return results
+
+
+def _similarity_text(hit: dict) -> str:
+    """A hit's similarity for people: the calibrated probability, with the cosine beside."""
+    if hit.get("probability") is None:
+        return f"{hit['score']:.3f}"
+    return f"p={hit['probability']:.2f} ({hit['score']:.2f})"
 
 
 def _one_per_class(results: list[dict]) -> list[dict]:
@@ -164,7 +174,7 @@ def _one_per_class(results: list[dict]) -> list[dict]:
 
 
 def _draw_results(results: list[dict], path: Path, thumb: int = 96) -> None:
-    """Each query beside its top-k, labelled with label and score (green = same class)."""
+    """Each query beside its top-k, labelled with label and similarity (green = same class)."""
     from PIL import Image, ImageDraw, ImageFont
 
     k = max(len(r["hits"]) for r in results)
@@ -177,7 +187,7 @@ def _draw_results(results: list[dict], path: Path, thumb: int = 96) -> None:
         y = 8 + row * (thumb + label_h + 8)
         tiles = [(r["query"], f"query\n{r['label']}", "black")]
         tiles += [(h["attributes"].get("source", ""),
-                   f"{h['attributes'].get('label', '?')}\n{h['score']:.3f}",
+                   f"{h['attributes'].get('label', '?')}\n{_similarity_text(h)}",
                    "darkgreen" if h["attributes"].get("label") == r["label"] else "red")
                   for h in r["hits"]]
         for col, (source, text, colour) in enumerate(tiles):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from twinstream.cli import add_command, add_group
+from twinstream.cli.main import add_command, add_group
 from twinstream.errors import InputError
 
 REDIS = ("redis.url", "redis.index")
@@ -24,20 +24,22 @@ def register(subparsers) -> None:
     _search_options(p)
 
     p = add_command(subparsers, "recognize", recognize_cmd,
-                    "who is this? the best enrolled label, or 'unknown' below the threshold",
-                    settings=SEARCH)
+                    "who is this? the nearest enrolled identity, or 'unknown' below the "
+                    "threshold", settings=(*SEARCH, "recognize.target_fpir"))
     p.add_argument("image", help="the image to recognise")
     p.add_argument("--threshold", type=float, default=None,
-                   help="cosine similarity needed to accept a label (default: the model card's)")
+                   help="cosine similarity needed to accept an identity (default: the model "
+                        "card's cut for the number of identities enrolled, at --target-fpir)")
     p.add_argument("-k", type=int, default=5, help="candidates to report (default 5)")
-    p.add_argument("--filter", default=None, help="only these references, e.g. "
-                   "'.source == \"enroll\"'")
+    p.add_argument("--filter", default=None, help="only these identities, e.g. "
+                   "'.references >= 3'")
 
     p = add_command(subparsers, "enroll", enroll_cmd,
-                    "add reference images of a person or class (one is enough)",
+                    "add reference images to one identity (one is enough; more make its "
+                    "prototype steadier)",
                     settings=(*REDIS, "redis.quant", "redis.shards", "model.path"))
     p.add_argument("images", nargs="+", metavar="IMAGE", help="reference image file(s)")
-    p.add_argument("--label", required=True, help="the name to recognise these images as")
+    p.add_argument("--label", required=True, help="the identity's name")
     p.add_argument("--id", dest="image_id", default=None,
                    help="id of the reference (one image only; default: its content hash)")
 
@@ -48,6 +50,16 @@ def register(subparsers) -> None:
     p.add_argument("second", metavar="B", help="another image file")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity needed for 'same' (default: the model card's)")
+
+    group = add_group(subparsers, "identities", "the enrolled identities: list, show, remove")
+    add_command(group, "list", identities_list, "every identity and its number of references",
+                settings=REDIS)
+    p = add_command(group, "show", identities_show, "one identity and its reference images",
+                    settings=REDIS)
+    p.add_argument("label", metavar="NAME")
+    p = add_command(group, "remove", identities_remove,
+                    "remove an identity and its reference images", settings=REDIS)
+    p.add_argument("label", metavar="NAME")
 
     group = add_group(subparsers, "index", "list, inspect, promote and drop index versions")
     add_command(group, "list", index_list, "every index and its versions", settings=("redis.url",))
@@ -74,10 +86,12 @@ def _search_options(p) -> None:
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def _encoder(settings):
-    from twinstream.encoder_options import load_encoder
+def _service(settings, with_model: bool = True):
+    """The search service the API and the demo use too: same answers, same refusals."""
+    from index.service import SearchService
+    from twinstream.cli.encoder_options import load_encoder
 
-    return load_encoder(settings)
+    return SearchService(settings, load_encoder(settings) if with_model else None)
 
 
 def _read_image(path_text: str) -> tuple[Path, bytes]:
@@ -85,21 +99,6 @@ def _read_image(path_text: str) -> tuple[Path, bytes]:
     if not path.is_file():
         raise InputError(f"no such image file: {path}")
     return path, path.read_bytes()
-
-
-def _embed(encoder, path_text: str):
-    path, data = _read_image(path_text)
-    embedded = encoder.embed_bytes([data])
-    if embedded.failed:
-        raise InputError(f"{path}: {embedded.failed[0]}")
-    return embedded.vectors[0]
-
-
-def _live_index(settings):
-    from index.store import VectorIndex, connect
-
-    return VectorIndex.live(connect(settings.redis.url), settings.redis.index,
-                            ef=settings.redis.ef or None)
 
 
 def _read_vector(text: str):
@@ -113,14 +112,18 @@ def _read_vector(text: str):
         return np.asarray(json.loads(Path(text).read_text()), dtype=np.float32).reshape(-1)
     except (ValueError, TypeError, OSError) as exc:
         raise InputError(f"--vector {text[:40]!r} is not a .npy file, a .json file or a JSON "
-                         f"list of numbers ({exc})") from None
+                         f"list of numbers ({exc})") from exc
 
 
-def _hit_lines(hits) -> str:
+def _probability(p) -> str:
+    return "" if p is None else f"  p={p:.3f}"
+
+
+def _hit_lines(hits, probabilities) -> str:
     lines = []
-    for rank, h in enumerate(hits, 1):
+    for rank, (h, p) in enumerate(zip(hits, probabilities, strict=True), 1):
         attrs = json.dumps(h.attributes, ensure_ascii=False, sort_keys=True)
-        lines.append(f"{rank:3d}  {h.score:+.4f}  {h.id}  {attrs}")
+        lines.append(f"{rank:3d}  {h.score:+.4f}{_probability(p)}  {h.id}  {attrs}")
     return "\n".join(lines) or "(no results)"
 
 
@@ -130,89 +133,104 @@ def query(args, settings, out) -> None:
     given = [x for x in (args.image, args.like_id, args.vector) if x]
     if len(given) != 1:
         raise InputError("give exactly one of IMAGE, --id ID or --vector V")
-    options = {"filter": args.filter, "exact": args.exact, "filter_ef": args.filter_ef}
-    source: dict = {}
-    if args.image:
-        encoder = _encoder(settings)
-        vector = _embed(encoder, args.image)
-        index = _live_index(settings)
-        index.check_model(encoder.card)
-        source = {"query": args.image}
-    else:
-        index = _live_index(settings)
+    from index.service import SearchService
+
     if args.like_id:
-        hits = index.search_by_id(args.like_id, k=args.k, **options)
+        SearchService.check_id(args.like_id)
+    SearchService.check_filter(args.filter)  # a bad filter is refused before any work
+    options = {"exact": args.exact, "filter_ef": args.filter_ef}
+    service = _service(settings, with_model=bool(args.image))
+    if args.image:
+        path, data = _read_image(args.image)
+        result = service.search_image(data, args.k, args.filter, what=str(path), **options)
+        source: dict = {"query": args.image}
+    elif args.like_id:
+        result = service.search_like(args.like_id, args.k, args.filter, **options)
         source = {"query_id": args.like_id}
     else:
-        if args.vector:
-            vector = _read_vector(args.vector)
-            source = {"query_vector": True}
-        hits = index.search(vector, k=args.k, **options)
-    out.result({**source, "index": index.info.name, "model_version": index.info.version,
-                "hits": [h.to_dict() for h in hits]}, _hit_lines(hits))
+        result = service.search_vector(_read_vector(args.vector), args.k, args.filter,
+                                       **options)
+        source = {"query_vector": True}
+    probabilities = result.probabilities
+    out.result({**source, "index": result.index.info.name,
+                "model_version": result.index.info.version,
+                "hits": [{**h.to_dict(), "probability": p}
+                         for h, p in zip(result.hits, probabilities, strict=True)]},
+               _hit_lines(result.hits, probabilities))
 
 
 def recognize_cmd(args, settings, out) -> None:
-    from index.recognition import recognize
+    from index.service import SearchService
 
-    encoder = _encoder(settings)
-    vector = _embed(encoder, args.image)
-    index = _live_index(settings)
-    index.check_model(encoder.card)
-    result = recognize(index, vector, threshold=args.threshold, k=args.k, filter=args.filter)
+    SearchService.check_filter(args.filter)
+    path, data = _read_image(args.image)
+    result, _, _ = _service(settings).recognize(data, args.k, args.threshold, args.filter,
+                                                what=str(path))
+    if result.warning:
+        out.warn(result.warning)
+    chance = _probability(result.probability).replace("  p=", "; probability ")
     if result.known:
         text = (f"{result.label}  (similarity {result.score:+.4f} >= threshold "
-                f"{result.threshold:.4f}; reference {result.best.id})")
+                f"{result.threshold:.4f}{chance}; {result.best.identity.references} "
+                "reference(s))")
     elif result.best is None:
-        text = "unknown  (no labelled references in the index: enrol some first)"
+        text = "unknown  (no identities enrolled in the index: enrol some first)"
     else:
-        text = (f"unknown  (closest: {result.best.attributes.get('label')!s} at "
-                f"{result.score:+.4f} < threshold {result.threshold:.4f})")
+        text = (f"unknown  (closest: {result.best.identity.label} at {result.score:+.4f} "
+                f"< threshold {result.threshold:.4f}{chance})")
+    text += f"\nthreshold: {result.threshold_reason}"
     out.result({"image": args.image, **result.to_dict()}, text)
 
 
 def enroll_cmd(args, settings, out) -> None:
-    from index.recognition import enroll
-    from index.store import VectorIndex, connect
-    from twinstream.messages import content_id
-    from twinstream.preprocess import decode_image
-    from twinstream.thumbnails import make_thumbnail
-
-    if args.image_id and len(args.images) > 1:
-        raise InputError("--id names one reference; give one image with it")
-    encoder = _encoder(settings)
-    index = VectorIndex.for_settings(connect(settings.redis.url), settings.redis,
-                                     encoder.card)
-    decoded = []
-    for path_text in args.images:  # everything is checked before anything is written
-        path, data = _read_image(path_text)
-        try:
-            decoded.append((path, args.image_id or content_id(data),
-                            decode_image(data, encoder.max_pixels)))
-        except InputError as exc:
-            raise InputError(f"{path}: {exc.message}") from None
-    vectors = encoder.embed_images([img for _, _, img in decoded])
-    ids = []
-    for (path, image_id, img), vector in zip(decoded, vectors, strict=True):
-        ids.append(enroll(index, image_id, vector, args.label, {"uri": str(path.resolve())}))
-        index.put_thumbnails({image_id: make_thumbnail(img)})
-    live = VectorIndex.live_version(index.client, index.info.name) == index.info.version
-    note = "" if live else f" (not live yet: 'twinstream index promote {index.info.version}')"
-    out.result({"label": args.label.strip(), "ids": ids, "index": index.info.name,
-                "model_version": index.info.version, "live": live},
-               f"enrolled {len(ids)} image(s) as {args.label.strip()!r} in index "
-               f"{index.info.name!r} version {index.info.version}{note}")
+    files = [_read_image(p) for p in args.images]  # every file read before anything is written
+    done = _service(settings).enroll(
+        [data for _, data in files], args.label, args.image_id,
+        per_image=[{"uri": str(path.resolve())} for path, _ in files],
+        names=[str(path) for path, _ in files])
+    info = done.index.info
+    live = done.live
+    note = "" if live else f" (not live yet: 'twinstream index promote {info.version}')"
+    out.result({"label": done.label, "ids": done.ids, "references": done.references,
+                "index": info.name, "model_version": info.version, "live": live},
+               f"enrolled {len(done.ids)} image(s) as {done.label!r} ({done.references} "
+               f"reference(s) now) in index {info.name!r} version {info.version}{note}")
 
 
 def verify_cmd(args, settings, out) -> None:
-    from index.recognition import resolve_threshold, verify
-
-    encoder = _encoder(settings)
-    a, b = _embed(encoder, args.first), _embed(encoder, args.second)
-    result = verify(a, b, resolve_threshold(encoder.card.threshold, args.threshold))
+    (path_a, a), (path_b, b) = _read_image(args.first), _read_image(args.second)
+    result = _service(settings).verify(a, b, args.threshold, names=(str(path_a), str(path_b)))
     verdict = "same" if result.same else "different"
+    chance = _probability(result.probability).replace("  p=", ", probability ")
     out.result({"a": args.first, "b": args.second, **result.to_dict()},
-               f"{verdict}  (similarity {result.score:+.4f}, threshold {result.threshold:.4f})")
+               f"{verdict}  (similarity {result.score:+.4f}{chance}, threshold "
+               f"{result.threshold:.4f})")
+
+
+# --- identities --------------------------------------------------------------------------------
+
+def identities_list(args, settings, out) -> None:
+    index, found = _service(settings, with_model=False).identities()
+    lines = [f"{i.references:4d}  {i.label}" for i in found]
+    out.result({"index": index.info.name, "model_version": index.info.version,
+                "identities": [i.to_dict() for i in found]},
+               "\n".join(["refs  identity", *lines]) if found else "(no identities enrolled)")
+
+
+def identities_show(args, settings, out) -> None:
+    index, found, refs = _service(settings, with_model=False).identity(args.label)
+    lines = [f"{found.label}: {found.references} reference(s) in index {index.info.name!r}"]
+    lines += [f"  {ref}  {json.dumps(attrs, ensure_ascii=False, sort_keys=True)}"
+              for ref, attrs in refs.items()]
+    out.result({**found.to_dict(), "index": index.info.name,
+                "references_detail": refs}, "\n".join(lines))
+
+
+def identities_remove(args, settings, out) -> None:
+    index, refs = _service(settings, with_model=False).remove_identity(args.label)
+    out.result({"label": args.label.strip(), "removed_references": refs,
+                "index": index.info.name},
+               f"removed identity {args.label.strip()!r} and its {len(refs)} reference(s)")
 
 
 # --- index versions ----------------------------------------------------------------------------

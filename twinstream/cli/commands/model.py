@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twinstream.cli import add_command
-from twinstream.encoder_options import add_encoder_options, load_encoder
+from twinstream.cli.encoder_options import add_encoder_options, load_encoder
+from twinstream.cli.main import add_command
 from twinstream.errors import ImageDecodeError, InputError
 from twinstream.files import expand_paths
 

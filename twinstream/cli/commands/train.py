@@ -14,7 +14,7 @@ from typing import Any
 
 from training.config import AugmentConfig, TrainConfig, flag_of
 from twinstream.calibration import DEFAULT_TARGET_FPIR
-from twinstream.cli import add_command
+from twinstream.cli.main import add_command
 
 GROUP_TITLES = {"run": "run", "model": "model", "data": "data", "loss": "loss",
                 "optimisation": "optimisation", "augmentation": "augmentation"}

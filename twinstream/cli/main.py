@@ -1,6 +1,6 @@
 """``twinstream`` command line: parse, build settings once, dispatch, map errors to exit codes.
 
-Sub-commands are declared in ``twinstream/commands/*.py`` (one module per stage); each module's
+Sub-commands are declared in ``twinstream/cli/commands/*.py`` (one module per stage); each module's
 ``register`` adds its parsers and points them at a handler ``(args, settings, out) -> int | None``.
 Handlers import their stage lazily so ``twinstream --help`` and serving commands never load torch.
 """
@@ -16,18 +16,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twinstream import __version__
+from twinstream.cli.output import Output
 from twinstream.errors import InternalError, Interrupted, TwinstreamError
-from twinstream.output import Output
 from twinstream.settings import Settings, flag_specs, load_settings
 
 COMMAND_MODULES = (
-    "twinstream.commands.data",
-    "twinstream.commands.train",
-    "twinstream.commands.model",
-    "twinstream.commands.stream",
-    "twinstream.commands.search",
-    "twinstream.commands.stack",
-    "twinstream.commands.serve",
+    "twinstream.cli.commands.data",
+    "twinstream.cli.commands.train",
+    "twinstream.cli.commands.model",
+    "twinstream.cli.commands.stream",
+    "twinstream.cli.commands.search",
+    "twinstream.cli.commands.stack",
+    "twinstream.cli.commands.serve",
 )
 
 Handler = Callable[[argparse.Namespace, Settings, Output], "int | None"]
@@ -56,9 +56,14 @@ def add_command(subparsers: Any, name: str, handler: Handler, help: str,
         for spec in flag_specs(settings):
             group.add_argument(spec.flag, dest=f"setting:{spec.key}", default=None,
                                metavar=spec.type.__name__.upper(),
-                               help=f"{spec.help} [env {spec.env}]")
+                               help=f"{spec.help} [default: {_default(spec.default)}; env "
+                                    f"{spec.env}]")
     parser.set_defaults(handler=handler)
     return parser
+
+
+def _default(value: Any) -> str:
+    return "(empty)" if value == "" else str(value)
 
 
 def add_group(subparsers: Any, name: str, help: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from twinstream.errors import ConfigError, InputError
+from twinstream.errors import InputError
 from twinstream.preprocess import INTERPOLATIONS, Preprocessing
 from twinstream.runtime import Encoder
 from twinstream.settings import Settings
@@ -37,14 +37,9 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_encoder(settings: Settings, args: Any = None, path: str | None = None) -> Encoder:
-    """The encoder at ``path`` (default: ``settings.model.path``) with the settings' threads."""
-    path = path or settings.model.path
-    if not path:
-        raise ConfigError("no model given: pass --model model.onnx or set TWINSTREAM_MODEL_PATH")
-    return Encoder(path, threads=settings.model.threads,
-                   inter_threads=settings.model.inter_threads, spin=settings.model.spin,
-                   max_pixels=settings.worker.max_image_pixels,
-                   fallback=foreign_preprocessing(args))
+    """The encoder at ``path`` (default: ``settings.model.path``); a foreign one as the
+    command's flags describe it."""
+    return Encoder.from_settings(settings, path, fallback=foreign_preprocessing(args))
 
 
 def foreign_preprocessing(args: Any) -> Preprocessing | None:
@@ -68,7 +63,7 @@ def foreign_preprocessing(args: Any) -> Preprocessing | None:
                              interpolation=args.interpolation or "bilinear",
                              invert=bool(args.invert))
     except ValueError as exc:
-        raise InputError(str(exc)) from None
+        raise InputError(str(exc)) from exc
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -85,8 +80,8 @@ def _size(text: str) -> tuple[int, int]:
 def _floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: give numbers separated by commas") from None
+    except ValueError as exc:
+        raise InputError(f"{flag} {text!r}: give numbers separated by commas") from exc
 
 
 def _per_channel(values: tuple[float, ...], channels: int, flag: str) -> tuple[float, ...]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from twinstream.cli import add_command, add_group
-from twinstream.errors import InputError
+from twinstream.cli.main import add_command, add_group
+from twinstream.errors import InputError, ServiceUnavailable, TwinstreamError
+from twinstream.fields import check_attributes
 from twinstream.files import expand_paths
 
 KAFKA = ("kafka.bootstrap", "kafka.topic", "kafka.partitions")
@@ -69,7 +70,7 @@ def _attributes(pairs: list[str]) -> dict:
         if not sep or not key.strip():
             raise InputError(f"--attr needs KEY=VALUE, got {pair!r}")
         attrs[key.strip()] = value
-    return attrs
+    return check_attributes(attrs)
 
 
 def ingest(args, settings, out) -> int:
@@ -86,11 +87,16 @@ def ingest(args, settings, out) -> int:
                                                             desc="ingest", unit="img"))
     for path, reason in summary.failed.items():
         out.warn(f"{path}: {reason}")
+    if summary.by_reference and not settings.worker.uri_roots:
+        out.warn(f"{summary.by_reference} image(s) above --inline-max-bytes were sent by "
+                 "reference: workers read them only below TWINSTREAM_WORKER_URI_ROOTS (not set "
+                 "here); set it on the workers to a folder that holds them, or they become "
+                 "dead letters")
     out.result(summary.to_dict(),
                f"published {summary.published}, skipped {len(summary.skipped)} (same id twice), "
                f"failed {len(summary.failed)}"
                + (f"; {summary.by_reference} by reference (uri)" if summary.by_reference else ""))
-    return 1 if summary.failed else 0
+    return TwinstreamError.exit_code if summary.failed else 0  # published, with failures
 
 
 def delete(args, settings, out) -> None:
@@ -162,7 +168,7 @@ def status(args, settings, out) -> int:
 
     state = gather(settings)
     out.result(state, render(state))
-    return 69 if state["errors"] else 0
+    return ServiceUnavailable.exit_code if state["errors"] else 0
 
 
 def dlq_list(args, settings, out) -> None:

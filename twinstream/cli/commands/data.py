@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twinstream.cli import add_command, add_group
+from twinstream.cli.main import add_command, add_group
 from twinstream.errors import InputError
 
 
@@ -43,7 +43,7 @@ def digits(args, settings, out) -> None:
         from training.digits import write_digits
     except ImportError as exc:  # pragma: no cover - only without the train extra
         raise InputError(f"the digits data set needs scikit-learn (pip install "
-                         f"'twinstream[train]'): {exc}") from None
+                         f"'twinstream[train]'): {exc}") from exc
     summary = write_digits(args.out, args.size,
                            progress=lambda it: out.progress(it, desc="digits", unit="img"))
     out.result(summary, f"wrote {summary['images']} images in {summary['classes']} classes "

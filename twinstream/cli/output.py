@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
+from twinstream.fields import printable
+from twinstream.jsonio import to_json
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN/inf; null is what parsers accept
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def to_json(data: Any, indent: int | None = None) -> str:
-    return json.dumps(data, default=_jsonable, indent=indent, sort_keys=False)
+def for_terminal(text: str) -> str:
+    """Text with every control character but newline and tab escaped: ids, labels, reasons and
+    paths come from producers and clients, and a key holding ESC [2J must not clear the
+    operator's screen (JSON output escapes them by itself)."""
+    return printable(text, keep="\n\t")
 
 
 class Output:
     """``result`` is what a command produced: JSON on stdout with ``--json``, text otherwise.
 
-    Messages (``info``, ``warn``) go to stderr so stdout stays parseable.
+    Messages (``info``, ``warn``) go to stderr so stdout stays parseable. Text for people goes
+    through ``for_terminal``.
     """
 
     def __init__(self, json_mode: bool = False, quiet: bool = False,
@@ -49,18 +35,19 @@ class Output:
         if self.json_mode:
             print(to_json(data), file=self.stdout, flush=True)
         elif text is not None:
-            print(text, file=self.stdout, flush=True)
+            print(for_terminal(text), file=self.stdout, flush=True)
         else:
             print(to_json(data, indent=2), file=self.stdout, flush=True)
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(message, file=self.stderr, flush=True)
+            print(for_terminal(message), file=self.stderr, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=self.stderr, flush=True)
+        print(f"warning: {for_terminal(message)}", file=self.stderr, flush=True)
 
     def error(self, message: str, exit_code: int) -> None:
+        message = for_terminal(message)
         first_line = message.strip().splitlines()[0] if message.strip() else "unknown error"
         detail = message.strip().splitlines()[1:]
         print(f"twinstream: error: {first_line}", file=self.stderr, flush=True)
