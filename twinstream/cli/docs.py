@@ -16,6 +16,7 @@ import html
 import sys
 from pathlib import Path
 
+from twinstream.errors import InputError
 from twinstream.settings import settings_table
 
 # Where the generated pages live inside the site (docs/hooks.py adds them under these names).
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(args) != 1 or args[0] not in PAGES:
         print(f"usage: python -m twinstream.cli.docs {'|'.join(PAGES)}|--write", file=sys.stderr)
-        return 2
+        return InputError.exit_code
     sys.stdout.write(PAGES[args[0]]())
     return 0
 
