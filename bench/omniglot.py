@@ -110,13 +110,16 @@ def train_and_export(name: str, flags: str, data: Path, budget: float, runs: Pat
     result = twinstream(*argv, log=log)
     load_end = os.getloadavg()
     exported = twinstream("export", str(run), "--out", str(run / "model.onnx"), log=log)
-    auto = json.loads((run / "report.json").read_text()).get("auto_choices", {})
+    report = json.loads((run / "report.json").read_text())
+    auto = report.get("auto_choices", {})
+    data = dict(report.get("data", {}))
+    data["duplicates"] = {k: v for k, v in data.get("duplicates", {}).items() if k != "copies"}
     return {"row": name, "command": "twinstream " + shlex.join(argv),
             "auto_choices": {k: v["value"] for k, v in auto.items()},
             "train_seconds": result["seconds"], "wall_seconds": round(time.monotonic() - started),
             "epochs": result["epochs_run"], "best_epoch": result["best"].get("epoch"),
             "val_one_shot": result["best"].get("val_one_shot"),
-            "images_per_s": result["images_per_s"], "data": result.get("data"),
+            "images_per_s": result["images_per_s"], "data": data,
             "load_start": [round(x, 2) for x in load_start],
             "load_end": [round(x, 2) for x in load_end],
             "model": str(run / "model.onnx"), "card": exported["card"]}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.config import TrainConfig
+from training.config import UNTIL_BUDGET, TrainConfig
 from training.data import ImageFolder, parent_of
 
 SAMPLE_IMAGES = 200
@@ -152,7 +152,7 @@ def resolve(cfg: TrainConfig, folder: ImageFolder, load: float | None = None,
            f"{data.classes} classes are few: all but the validation ones train (measure new "
            "data with 'twinstream evaluate', or give --test-fraction)")
     budget = cfg.time_budget_s > 0
-    choose("epochs", 1_000_000 if budget else 10,
+    choose("epochs", UNTIL_BUDGET if budget else 10,
            "until the time budget ends" if budget else "10 passes (no --time-budget)")
     one_pass = -(-len(folder.samples) // BATCH_IMAGES)
     choose("steps_per_epoch", max(100, one_pass) if budget else 0,

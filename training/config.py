@@ -28,6 +28,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 DUPLICATE_POLICIES = ("merge", "drop", "error")
 DEVICES = ("auto", "cpu", "cuda")
+UNTIL_BUDGET = 1_000_000  # the epochs of a run that the time budget ends
 
 # Fields that must be equal to resume a run: they decide the model, its data or its split.
 RESUME_KEYS = ("data", "arch", "embedding_dim", "base_channels", "image_size", "channels",

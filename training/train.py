@@ -23,7 +23,7 @@ from torch import nn
 from training import autoconfig
 from training.augment import random_affine, variant_classes
 from training.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
-from training.config import RESUME_KEYS, TrainConfig
+from training.config import RESUME_KEYS, UNTIL_BUDGET, TrainConfig
 from training.data import ImageFolder, ImageSource, scan_image_folder, split_data
 from training.distributed import Distributed
 from training.duplicates import find_duplicates
@@ -308,7 +308,7 @@ class Trainer:
         rng, gen = self._epoch_rngs()
         self.model.train()
         steps = range(self.steps_per_epoch)
-        bar = self.progress(steps, desc=f"epoch {self.epoch}/{cfg.epochs}", unit="batch") \
+        bar = self.progress(steps, desc=f"epoch {self._epoch_name()}", unit="batch") \
             if self.progress and self.dist.is_main else steps
         losses, images, t0, out_of_time = [], 0, time.monotonic(), False
         for _ in bar:
@@ -368,6 +368,11 @@ class Trainer:
                 break
         return stopped_by
 
+    def _epoch_name(self) -> str:
+        """"3/10", or "3" when the time budget, not the epochs, ends the run."""
+        until_budget = self.cfg.time_budget_s and self.cfg.epochs >= UNTIL_BUDGET
+        return str(self.epoch) if until_budget else f"{self.epoch}/{self.cfg.epochs}"
+
     def _end_epoch(self, loss: float) -> None:
         val = self._validate()
         row = {"epoch": self.epoch, "loss": loss, "val_one_shot": val["one_shot"]["accuracy"],
@@ -387,7 +392,7 @@ class Trainer:
                                      parents=self.parents))
             self.best = {**row, "validation": val}
         self._save(improved, val)
-        self.log(f"epoch {self.epoch}/{self.cfg.epochs}  loss {loss:.4f}  "
+        self.log(f"epoch {self._epoch_name()}  loss {loss:.4f}  "
                  f"val {val['one_shot']['ways']}-way one-shot {row['val_one_shot']:.3f}  "
                  f"AUC {row['val_auc']:.3f}  {row['images_per_s']:.0f} img/s"
                  + ("  *best*" if improved else ""))

@@ -8,7 +8,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from twinstream.errors import ServiceUnavailable
 from twinstream.settings import KafkaSettings
-from worker.membership import LeaderTrackingRange
+from worker.membership import LeaderTrackingRange, keep_finished_joins
 
 # Large enough for an inlined image (TWINSTREAM ingest inlines up to ~900 KB) plus headers.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -56,9 +56,11 @@ def make_consumer(settings: KafkaSettings, group: str | None = None, **overrides
                   client_id="twinstream-worker")
     config.update(overrides)
     try:
-        return KafkaConsumer(**config)
+        consumer = KafkaConsumer(**config)
     except (KafkaError, OSError) as exc:
         raise _unreachable(settings, exc) from exc
+    keep_finished_joins(consumer)
+    return consumer
 
 
 def make_admin(settings: KafkaSettings) -> KafkaAdminClient:

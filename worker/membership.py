@@ -66,3 +66,45 @@ def close_consumer(consumer: KafkaConsumer, timeout_ms: int = 10_000) -> bool:
         consumer._coordinator.state = MemberState.UNJOINED
     consumer.close(autocommit=False, timeout_ms=timeout_ms)
     return leave
+
+
+class _FinishedJoin:
+    """A join attempt that finished while nobody was waiting for it, shown to kafka-python as
+    still in flight so that its result is taken instead of thrown away.
+
+    kafka-python 3.0.12 keeps the JoinGroup/SyncGroup attempt of a ``poll`` that timed out and
+    awaits it again on the next ``poll``, but only while it runs: one that finished between two
+    polls is replaced by a new JoinGroup. The broker answers a JoinGroup after its join delay
+    (3 s on tansu), so a member that polls with short timeouts and does other work in between
+    (two consumers polled in turn; a worker whose pipeline is full calls ``poll(0)``) rejoins
+    for ever and the group never settles.
+    """
+
+    is_done = False  # read once by the join loop, which then awaits this object
+
+    def __init__(self, finished):
+        self._finished = finished
+
+    def add_callback(self, fn, *args, **kwargs):
+        return self._finished.add_callback(fn, *args, **kwargs)
+
+    def add_errback(self, fn, *args, **kwargs):
+        return self._finished.add_errback(fn, *args, **kwargs)
+
+    def __await__(self):
+        return self._finished.__await__()
+
+
+def keep_finished_joins(consumer: KafkaConsumer) -> None:
+    """Make ``consumer`` take the result of a join that finished between two polls (see
+    :class:`_FinishedJoin`)."""
+    coordinator = consumer._coordinator
+    join_group_async = coordinator.join_group_async
+
+    async def join_keeping_finished(timeout_ms=None):
+        task = coordinator._join_task
+        if task is not None and task.is_done:  # the loop clears it whenever it takes a result
+            coordinator._join_task = _FinishedJoin(task)
+        return await join_group_async(timeout_ms=timeout_ms)
+
+    coordinator.join_group_async = join_keeping_finished

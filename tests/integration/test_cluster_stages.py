@@ -116,6 +116,9 @@ def test_pool_status_dlq_reindex_promote_recognize_and_api_on_a_cluster(
             pool.wait(60)
 
     path, data = good[0]
+    # Identities belong to a model version: after the promotion, enrol with the new model.
+    enrolled = run_cli(b, "enroll", str(path), "--label", path.parent.name, "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
     recognized = run_cli(b, "recognize", str(path), "--json")
     assert recognized.returncode == 0, recognized.stderr
     answer = json.loads(recognized.stdout)

@@ -60,6 +60,34 @@ def _pair_then_newcomer(settings, close) -> float | None:
         newcomer.close(autocommit=False)
 
 
+def test_a_join_that_finishes_between_two_short_polls_is_kept_not_sent_again(settings):
+    """A worker whose pipeline is full calls ``poll(0)`` and writes in between: the broker's
+    answer to JoinGroup (3 s later on tansu) lands while nobody waits. kafka-python 3.0.12 then
+    sent a new JoinGroup, for ever; the member must own the partitions instead."""
+    ensure_topics(settings.kafka)
+    consumer = make_consumer(settings.kafka, group=f"members-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([settings.kafka.topic])
+    joins = 0  # attempts that completed JoinGroup and SyncGroup
+    original = consumer._coordinator._do_join_and_sync_async
+
+    async def counting(*args, **kwargs):
+        nonlocal joins
+        assignment = await original(*args, **kwargs)
+        joins += 1
+        return assignment
+
+    consumer._coordinator._do_join_and_sync_async = counting
+    try:
+        start = time.monotonic()
+        while not consumer.assignment() and time.monotonic() - start < 30:
+            consumer.poll(timeout_ms=0)
+            time.sleep(0.2)  # the batch being written
+        assert len(consumer.assignment()) == settings.kafka.partitions
+        assert joins == 1, f"{joins} completed joins for one member"
+    finally:
+        consumer.close(autocommit=False)
+
+
 def test_a_leader_that_closes_without_leaving_does_not_wedge_the_group(settings):
     waited = _pair_then_newcomer(settings, close_consumer)
     # The departed leader's session expires, the newcomer's next join makes it the leader.

@@ -42,15 +42,6 @@ def test_every_setting_is_documented_in_the_table():
         assert f"`{spec.env}`" in table
 
 
-def test_readme_configuration_table_matches_the_settings():
-    from pathlib import Path
-
-    from twinstream.cli.docs import render
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert render(readme) == readme, "run `python -m twinstream.cli.docs` to regenerate the table"
-
-
 def test_bootstrap_must_be_host_port_pairs():
     from twinstream.errors import ConfigError
     from twinstream.settings import load_settings
