@@ -90,17 +90,19 @@ class Bench:
         self.cold = ImageSource(t.train.source.paths, t.cfg.preprocessing(), cache_mb=0)
         self.x, self.labels = t._batch(self.rng)
         self.x = random_affine(self.x, t.cfg.augment, self.gen)
-        t.model.train()
+        # One process: the objective (encoder + loss) is what the loop calls (DDP wraps it only
+        # across processes), built here whether or not the trainer has wrapped it yet.
+        t.objective.train()
         # The same model and batch in channels-last memory format (not what training uses):
         # the export benchmark found torch's CPU convolutions 1.7-2x faster that way.
-        self.cl_model = copy.deepcopy(t.model).to(memory_format=torch.channels_last)
+        self.cl_model = copy.deepcopy(t.objective).to(memory_format=torch.channels_last)
         self.cl_optimizer = build_optimizer(t.cfg.optimizer, self.cl_model.parameters(),
                                             t.cfg.lr, t.cfg.weight_decay, t.cfg.momentum)
         self.cl_x = self.x.contiguous(memory_format=torch.channels_last)
 
     def step(self) -> None:
         t = self.trainer
-        loss = t.model(self.x, self.labels)
+        loss = t.objective(self.x, self.labels)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.optimizer.step()
@@ -126,7 +128,7 @@ class Bench:
         t = self.trainer
         x, labels = t._batch(self.rng)
         x = random_affine(x, self.cfg.augment, self.gen)
-        loss = t.model(x, labels)
+        loss = t.objective(x, labels)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.optimizer.step()
@@ -135,7 +137,7 @@ class Bench:
         """Forward and backward FLOPs of one training image (matmuls and convolutions)."""
         t = self.trainer
         with FlopCounterMode(display=False) as counter:
-            loss = t.model(self.x, self.labels)
+            loss = t.objective(self.x, self.labels)
             forward = counter.get_total_flops()
             loss.backward()
         t.optimizer.zero_grad(set_to_none=True)
