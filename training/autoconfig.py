@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.config import BACKBONES, IMAGENET_SIZE, UNTIL_BUDGET, TrainConfig
+from training.config import IMAGENET_SIZE, UNTIL_BUDGET, TrainConfig
 from training.data import ImageFolder, parent_of
-from twinstream.errors import InputError
 
 SAMPLE_IMAGES = 200
 CPU_MAX_SIDE = {1: 32, 3: 64}  # input side bound per channel count: what a CPU trains in time
@@ -108,10 +107,8 @@ def resolve(cfg: TrainConfig, folder: ImageFolder, load: float | None = None,
             nonlocal cfg
             cfg = replace(cfg, **{name: value})
 
+    cfg.check_backbone()  # before any choice is made (and printed) for a run that cannot start
     pretrained = cfg.weights or cfg.pretrained
-    if pretrained and "arch" in wanted:
-        raise InputError(f"{'--weights' if cfg.weights else '--pretrained'} needs --arch: "
-                         f"one of {', '.join(BACKBONES)}")
     greyscale = data.greyscale >= 0.95
     if pretrained:
         choose("channels", 3, "the pretrained weights expect colour (RGB) input; greyscale "

@@ -242,14 +242,18 @@ class TrainConfig:
             raise InputError(f"--parent-batches must be in [0, 1], got {self.parent_batches}")
         if not 0 <= self.warmup < 1:
             raise InputError(f"--warmup must be in [0, 1), got {self.warmup}")
-        self._check_backbone()
+        self.check_backbone()
         if self.val_fraction <= 0:
             raise InputError("--val-fraction must be above 0: validation picks the best "
                              "checkpoint and the model card's thresholds")
 
-
-    def _check_backbone(self) -> None:
+    def check_backbone(self) -> None:
+        """The pretrained-backbone flags together; before the data is scanned (``arch`` may
+        still be ``None``: then ``--weights``/``--pretrained`` lack the --arch they need)."""
         if self.starts_pretrained and self.arch not in BACKBONES:
+            if self.arch is None:
+                raise InputError(f"{'--weights' if self.weights else '--pretrained'} needs "
+                                 f"--arch: one of {', '.join(BACKBONES)}")
             given = "--weights" if self.weights else "--pretrained"
             raise InputError(f"{given} needs a standard --arch ({', '.join(BACKBONES)}), "
                              f"got {self.arch!r}")

@@ -37,7 +37,7 @@ from training.optim import build_optimizer, lr_factor, set_lr
 from training.plots import plot_reliability
 from training.sampling import PKSampler
 from training.trust import card_from_checkpoint_meta, measure_trust
-from training.weights import initial_weights, load_backbone
+from training.weights import check_fit, initial_weights, load_backbone
 from twinstream.errors import InputError, ModelError
 from twinstream.jsonio import to_json
 
@@ -117,6 +117,9 @@ class Trainer:
         self.dist, self.progress = dist, progress
         self.log = log if dist.is_main else (lambda _m: None)
         self.started = time.monotonic()
+        # The weights first: a file that cannot be read or does not fit --arch fails before the
+        # data is scanned, and long before anything is written.
+        self.initial = self._initial_weights(cfg)
         folder = self._scan(cfg)
         self.cfg = cfg = self._resolve(cfg, folder)
         cfg.check()
@@ -150,12 +153,23 @@ class Trainer:
         self.frozen: bool | None = None
 
     # -- the encoder ----------------------------------------------------------------------
+    def _initial_weights(self, cfg: TrainConfig) -> tuple[dict | None, str]:
+        """The backbone's starting state dict (checked against --arch) and its description."""
+        cfg.check_backbone()
+        if not cfg.starts_pretrained:
+            return None, ""
+        state, init = initial_weights(cfg.arch, cfg.weights, cfg.pretrained,
+                                      progress=self.progress is not None and self.dist.is_main)
+        # a pretrained run is RGB unless --channels 1 says otherwise (autoconfig)
+        check_fit(cfg.arch, state, cfg.weights or "(published)", cfg.channels or 3)
+        return state, init
+
     def _build_encoder(self) -> tuple[nn.Module, EncoderConfig]:
         """A fresh encoder; a standard backbone starts from --weights or --pretrained."""
         cfg = self.cfg
         encoder = build_encoder(cfg.encoder())
-        state, init = initial_weights(cfg.arch, cfg.weights, cfg.pretrained,
-                                      progress=self.progress is not None and self.dist.is_main)
+        state, init = self.initial
+        self.initial = None, init  # the state dict is in the encoder now: let it go
         if state is not None:
             load_backbone(encoder.features, cfg.arch, state, cfg.weights or "(published)")
             self.log(f"backbone: {cfg.arch} from {init}")

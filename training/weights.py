@@ -19,6 +19,7 @@ the file instead. Neither the tests nor serving ever download.
 from __future__ import annotations
 
 import hashlib
+import re
 import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,12 +47,27 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a weights file, a pickled model object refused
-        text = str(exc).strip() or type(exc).__name__
-        first = text.splitlines()[0].split(". ")[0][:200]  # torch's messages run on for lines
-        hint = "" if path.suffix == ".safetensors" else \
-            " (a .pth/.pt must hold a state dict: torch.save(model.state_dict(), FILE))"
-        raise ModelError(f"cannot read weights {path}: {first}{hint}") from exc
+        raise ModelError(f"cannot read weights {path}: {why_unreadable(path, exc)}") from exc
     return unwrap(payload, path)
+
+
+def why_unreadable(path: Path, exc: Exception) -> str:
+    """One line on why torch or safetensors could not read ``path`` (their own messages run on
+    for lines about ``weights_only`` even when the file is merely cut short)."""
+    text = str(exc).strip() or type(exc).__name__
+    if path.suffix == ".safetensors":
+        return f"not a valid safetensors file ({text.splitlines()[0][:160]})"
+    global_name = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if global_name:  # torch.save(model) pickles the class: refused, it could run any code
+        return (f"it holds a pickled {global_name.group(1)}, not a state dict (save it with "
+                "torch.save(model.state_dict(), FILE))")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":  # torch.save's zip format, but unreadable: cut short or damaged
+        return "the file is truncated or corrupt (a torch.save zip archive that does not open)"
+    if head[:1] != b"\x80":  # neither zip nor a pickle's protocol byte
+        return "not a PyTorch weights file (neither torch.save's format nor a pickle)"
+    return text.splitlines()[0][:200]
 
 
 def unwrap(payload: object, source: Path | str) -> dict[str, torch.Tensor]:
@@ -98,11 +114,14 @@ def fits(state: Mapping[str, torch.Tensor], in_channels: int = 3) -> list[str]:
     return found
 
 
-def load_backbone(net: nn.Module, arch: str, state: Mapping[str, torch.Tensor],
-                  source: str) -> None:
-    """Copy ``state`` into ``net`` (``REGISTRY[arch].features(...)``) or refuse it whole."""
+def check_fit(arch: str, state: Mapping[str, torch.Tensor], source: str,
+              in_channels: int = 3, net: nn.Module | None = None) -> None:
+    """ModelError in one line unless ``state`` fits ``arch`` exactly (shapes only: a network on
+    the meta device when ``net`` is not given, so a run can check before it builds anything)."""
     backbone = REGISTRY[arch]
-    in_channels = net.state_dict()[backbone.stem].shape[1]
+    if net is None:
+        with torch.device("meta"):
+            net = backbone.features(in_channels)
     missing, unexpected, wrong = mismatches(backbone, net, state, in_channels)
     if missing or unexpected or wrong:
         other = [name for name in fits(state, in_channels) if name != arch]
@@ -114,6 +133,14 @@ def load_backbone(net: nn.Module, arch: str, state: Mapping[str, torch.Tensor],
                     for what, keys in (("missing", missing), ("unexpected", unexpected),
                                        ("of the wrong shape", wrong)) if keys]
         raise ModelError(f"weights {source} do not fit {arch}: {'; '.join(problems)}")
+
+
+def load_backbone(net: nn.Module, arch: str, state: Mapping[str, torch.Tensor],
+                  source: str) -> None:
+    """Copy ``state`` into ``net`` (``REGISTRY[arch].features(...)``) or refuse it whole."""
+    backbone = REGISTRY[arch]
+    in_channels = net.state_dict()[backbone.stem].shape[1]
+    check_fit(arch, state, source, in_channels, net)
     weights = {k: v for k, v in state.items() if not k.startswith(backbone.head)}
     stem = weights[backbone.stem]
     if stem.shape[1] != in_channels:

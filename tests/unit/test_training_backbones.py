@@ -168,8 +168,12 @@ def test_unreadable_files_are_model_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
     torch.save(REGISTRY["resnet18"].build(3), tmp_path / "pickled.pth")  # a whole module
     torch.save({"lr": 0.1}, tmp_path / "empty.pth")
-    cases = {"cut.pth": "cannot read weights", "junk.safetensors": "cannot read weights",
-             "pickled.pth": "must hold a state dict", "empty.pth": "holds no tensors",
+    (tmp_path / "text.pth").write_text("not weights")
+    cases = {"cut.pth": "cut.pth: the file is truncated or corrupt",
+             "text.pth": "text.pth: not a PyTorch weights file",
+             "junk.safetensors": "junk.safetensors: not a valid safetensors file",
+             "pickled.pth": "pickled training.backbones.resnet.ResNet, not a state dict",
+             "empty.pth": "holds no tensors",
              "absent.pth": "weights file not found"}
     for name, expected in cases.items():
         with pytest.raises(ModelError, match=expected) as info:
