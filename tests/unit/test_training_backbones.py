@@ -220,3 +220,27 @@ def test_mobilenet_exports_to_onnx_with_parity_on_real_statistics(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"images": x.numpy()})
     assert np.max(np.abs(got - expected)) < 1e-4
+
+
+def test_a_frozen_epoch_keeps_the_backbone_and_its_statistics_and_trains_the_head(tmp_path):
+    from training.shapes import generate_shapes
+    from training.train import TrainConfig, train
+
+    generate_shapes(tmp_path / "data", per_class=6, size=32, seed=1)
+    state = published("resnet18")
+    torch.save(state, tmp_path / "w.pth")
+    torch.manual_seed(0)  # the run's seed: the head starts as this one does
+    head = encoder("resnet18").project.state_dict()
+    logs: list[str] = []
+    train(TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), arch="resnet18",
+                      weights=str(tmp_path / "w.pth"), image_size=32, embedding_dim=16,
+                      epochs=1, steps_per_epoch=2, freeze_epochs=1, classes_per_batch=9,
+                      images_per_class=4, split="images", test_fraction=0.0, ways=5,
+                      val_episodes=10, threads=1, seed=0), log=logs.append)
+    assert "backbone frozen: only the projection head trains" in logs
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
+    for key, value in saved.items():
+        if key.startswith("features."):  # weights and batch-norm buffers exactly the file's
+            assert torch.equal(value, state[key.removeprefix("features.")]), key
+    moved = [k for k, v in head.items() if not torch.equal(saved[f"project.{k}"], v)]
+    assert moved  # the projection head did train
