@@ -106,3 +106,26 @@ def test_resnet18_from_a_weights_file_trains_frozen_then_exports_with_parity_and
                         "--episodes", "30", "--out", tmp_path / "eval")
     assert report["model_kind"] == "onnx" and report["version"] == card["version"]
     assert report["n_way"]["episodes"] == 30 and 0 <= report["verification"]["roc_auc"] <= 1
+
+
+def test_bad_weights_end_in_one_line_before_any_run_folder(tmp_path, capsys):
+    data = tmp_path / "shapes"
+    generate_shapes(data, per_class=4, size=32, seed=1)
+    torch.manual_seed(0)
+    torch.save(REGISTRY["mobilenet_v3_small"].build(3).state_dict(), tmp_path / "mnv3.pth")
+    (tmp_path / "text.pth").write_text("not weights")
+    cases = [(["--arch", "resnet18", "--weights", tmp_path / "mnv3.pth"], 3,
+              "are mobilenet_v3_small weights, not resnet18: pass --arch mobilenet_v3_small"),
+             (["--arch", "resnet18", "--weights", tmp_path / "text.pth"], 3,
+              "not a PyTorch weights file"),
+             (["--arch", "small", "--weights", tmp_path / "mnv3.pth"], 2,
+              "--weights needs a standard --arch"),
+             (["--weights", tmp_path / "mnv3.pth"], 2, "--weights needs --arch")]
+    for args, exit_code, needle in cases:
+        out = tmp_path / "run"
+        code = main(["train", "--data", str(data), "--out", str(out), *map(str, args)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == exit_code, lines
+        assert len(lines) == 1 and lines[0].startswith("twinstream: error: "), lines
+        assert needle in lines[0]
+        assert not out.exists()  # refused before anything was written
