@@ -17,6 +17,9 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from api.errors import ApiError
 from api.ingest import StreamWriter
 from api.schemas import (
+    ClusterMemberOut,
+    ClusterOut,
+    ClustersResponse,
     DeleteResponse,
     EnrollResponse,
     ErrorResponse,
@@ -28,12 +31,15 @@ from api.schemas import (
     IdentityResponse,
     IngestResponse,
     ItemResponse,
+    LabelClusterRequest,
+    LabelClusterResponse,
     RecognizeResponse,
     SearchOptions,
     SearchResponse,
     VectorQuery,
     VerifyResponse,
 )
+from index.clusters import DEFAULT_MIN_SIZE, DEFAULT_NEIGHBOURS, DUPLICATE_THRESHOLD, Clustering
 from index.identities import Identity, IdentityHit
 from index.service import SearchResult, SearchService
 from index.store import Hit
@@ -320,6 +326,87 @@ async def remove_identity(request: Request, label: str) -> IdentityRemovedRespon
     """Remove an identity and its reference images from the index."""
     _, refs = await blocking(service(request).remove_identity, label)
     return IdentityRemovedResponse(label=label.strip(), removed_references=refs)
+
+
+# --- discovering identities --------------------------------------------------------------------
+
+Limit = Annotated[int, Query(ge=1, le=10_000, description="clusters listed, largest first")]
+Neighbours = Annotated[int, Query(ge=1, le=1000, description="nearest neighbours per item")]
+
+
+def clusters_out(request: Request, index, clustering: Clustering, reason: str,
+                 warning: str | None, limit: int) -> ClustersResponse:
+    attrs = clustering.attributes
+
+    def member(image_id: str) -> ClusterMemberOut:
+        label = attrs.get(image_id, {}).get("label")
+        return ClusterMemberOut(id=image_id, label=None if label is None else str(label),
+                                thumbnail_url=thumbnail_url(request, image_id))
+
+    listed = [ClusterOut(id=c.id, size=c.size, cohesion=c.cohesion, labels=c.labels,
+                         cover=member(c.cover), members=[member(m) for m in c.members])
+              for c in clustering.clusters[:limit]]
+    return ClustersResponse(
+        index=index.info.name, model_version=index.info.version, method=clustering.method,
+        resolution=clustering.resolution, threshold=clustering.threshold,
+        threshold_reason=reason, warning=warning,
+        items=clustering.items, clustered=clustering.clustered, edges=clustering.edges,
+        total_clusters=len(clustering.clusters), clusters=listed,
+        timings_s=clustering.timings_s)
+
+
+@router.get("/clusters", response_model=ClustersResponse, responses=_errors(404, 422, 503),
+            tags=["clusters"])
+async def list_clusters(request: Request,
+                        threshold: Annotated[float | None, Query(
+                            description="cosine at which two items are neighbours; default: "
+                                        "the model card's pair threshold")] = None,
+                        min_size: Annotated[int, Query(ge=1)] = DEFAULT_MIN_SIZE,
+                        unlabeled_only: bool = False,
+                        neighbours: Neighbours = DEFAULT_NEIGHBOURS,
+                        resolution: Annotated[float | None, Query(
+                            description="Leiden CPM resolution: the cosine weight a cluster "
+                                        "needs per pair of members; default 0.0125 x "
+                                        "neighbours")] = None,
+                        limit: Limit = 100) -> ClustersResponse:
+    """Groups of look-alike items of the live index (candidate identities): each item's nearest
+    neighbours above the threshold make a graph; its Leiden (CPM) communities are the
+    clusters."""
+    found = await blocking(service(request).clusters, threshold, min_size,
+                           unlabeled_only=unlabeled_only, neighbours=neighbours,
+                           resolution=resolution)
+    return clusters_out(request, found.index, found.clustering, found.threshold_reason,
+                        found.warning, limit)
+
+
+@router.get("/duplicates", response_model=ClustersResponse, responses=_errors(404, 422, 503),
+            tags=["clusters"])
+async def list_duplicates(request: Request,
+                          threshold: Annotated[float, Query(
+                              description="cosine at which two items are near-duplicates")
+                          ] = DUPLICATE_THRESHOLD,
+                          neighbours: Neighbours = DEFAULT_NEIGHBOURS,
+                          limit: Limit = 100) -> ClustersResponse:
+    """Groups of near-duplicate items (copies, re-encodes): connected at a high cosine."""
+    index, found = await blocking(service(request).duplicates, threshold,
+                                  neighbours=neighbours)
+    return clusters_out(request, index, found, f"cosine {found.threshold:g}: near-duplicates",
+                        None, limit)
+
+
+@router.post("/clusters/{cluster}/label", response_model=LabelClusterResponse,
+             dependencies=[Depends(require_token)], responses=_errors(401, 404, 422, 503),
+             tags=["write"])
+async def label_cluster(request: Request, cluster: str, body: LabelClusterRequest
+                        ) -> LabelClusterResponse:
+    """Enroll a cluster's members as one identity: each gets the label and becomes a reference
+    of the identity (its prototype: the normalised mean of their vectors)."""
+    done = await blocking(service(request).label_cluster, cluster, body.label, body.ids,
+                          threshold=body.threshold, min_size=body.min_size,
+                          unlabeled_only=body.unlabeled_only, resolution=body.resolution)
+    return LabelClusterResponse(cluster=done.cluster, label=done.label, ids=done.ids,
+                                references=done.references, skipped=done.skipped,
+                                model_version=done.index.info.version)
 
 
 @router.post("/ingest", response_model=IngestResponse, status_code=202,

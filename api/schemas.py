@@ -144,6 +144,66 @@ class DeleteResponse(BaseModel):
     status: str = "queued"
 
 
+class ClusterMemberOut(BaseModel):
+    id: str
+    label: str | None = Field(None, description="the label the item already carries, if any")
+    thumbnail_url: str
+
+
+class ClusterOut(BaseModel):
+    id: str = Field(description="'c' + a hash of the member ids: the same group has the same "
+                                "id in every listing")
+    size: int
+    cohesion: float = Field(description="mean cosine of the neighbour pairs inside the cluster")
+    labels: dict[str, int] = Field(description="labels its members already carry, and how "
+                                               "many carry each")
+    cover: ClusterMemberOut = Field(description="the most central member")
+    members: list[ClusterMemberOut] = Field(description="every member, most central first")
+
+
+class ClustersResponse(BaseModel):
+    index: str
+    model_version: str
+    method: str = Field(description="leiden-cpm (clusters) or connected-components "
+                                    "(near-duplicates)")
+    resolution: float | None = Field(None, description="Leiden CPM's resolution: the cosine "
+                                     "weight a cluster needs per pair of members")
+    threshold: float = Field(description="cosine at which two items are neighbours")
+    threshold_reason: str
+    warning: str | None = None
+    items: int = Field(description="items considered (all, or the unlabeled ones)")
+    clustered: int = Field(description="items in the clusters listed and beyond")
+    edges: int = Field(description="neighbour pairs at or above the threshold")
+    total_clusters: int
+    clusters: list[ClusterOut] = Field(description="largest first, at most `limit`")
+    timings_s: dict[str, float]
+
+
+class LabelClusterRequest(BaseModel):
+    """Name a cluster: its members become the references of one identity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(description="the identity's name", max_length=200)
+    ids: list[str] | None = Field(
+        None, max_length=100_000, description="the members as listed (recommended): checked "
+        "against the cluster id; without them the clusters are computed again with the "
+        "options below")
+    threshold: float | None = Field(None, description="as given to GET /clusters")
+    min_size: int = Field(2, description="as given to GET /clusters")
+    unlabeled_only: bool = Field(False, description="as given to GET /clusters")
+    resolution: float | None = Field(None, description="as given to GET /clusters")
+
+
+class LabelClusterResponse(BaseModel):
+    cluster: str
+    label: str
+    ids: list[str] = Field(description="the members enrolled as references of the identity")
+    references: int = Field(description="the identity's references afterwards")
+    skipped: list[str] = Field(description="members deleted or changing meanwhile")
+    model_version: str
+
+
 class ErrorResponse(BaseModel):
     error: str
     message: str

@@ -17,6 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from index.clusters import (
+    DEFAULT_MIN_SIZE,
+    DEFAULT_NEIGHBOURS,
+    DUPLICATE_THRESHOLD,
+    Clustering,
+    cluster_id,
+    discover,
+    duplicate_groups,
+    enroll_members,
+    pair_threshold,
+    write_clusters,
+)
 from index.filters import parse_filter
 from index.identities import Identities, Identity
 from index.query import MAX_K
@@ -82,6 +94,27 @@ class Enrolled:
     def live(self) -> bool:
         return VectorIndex.live_version(self.index.client, self.index.info.name) == \
             self.index.info.version
+
+
+@dataclass
+class Clusters:
+    """A clustering of the live index, the threshold it used and why, and what was written."""
+
+    index: VectorIndex
+    clustering: Clustering
+    threshold_reason: str
+    warning: str | None = None
+    written: dict[str, int] | None = None  # with write=True: written, changed_meanwhile, gone
+
+
+@dataclass
+class LabelledCluster:
+    cluster: str
+    label: str
+    ids: list[str]
+    index: VectorIndex
+    references: int  # the identity's references afterwards
+    skipped: list[str] = field(default_factory=list)  # members gone or changed meanwhile
 
 
 def _as_field(name: str, check: Callable[[Any], Any], value: Any) -> Any:
@@ -333,7 +366,8 @@ class SearchService:
         except Exception as exc:  # any failure to reach Redis is a "not ready", never a 500
             checks["redis"] = {"ok": False, "error": str(exc).splitlines()[0]}
         checks["model"] = ({"ok": True, "version": self.encoder.version,
-                            "dim": self.encoder.dim} if self.encoder else
+                            "dim": self.encoder.dim, "provider": self.encoder.provider,
+                            "providers": list(self.encoder.providers)} if self.encoder else
                            {"ok": False, "error": "no model loaded (--model)"})
         if checks["redis"]["ok"]:
             try:
@@ -386,6 +420,73 @@ class SearchService:
             enroll(index, i, vector, label, {**attributes, **extra})
         identity = Identities(index).get(label)
         return Enrolled(ids, label, index, identity.references if identity else 0)
+
+    # --- clusters (discovering identities) --------------------------------------------------------
+
+    def clusters(self, threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE, *,
+                 unlabeled_only: bool = False, neighbours: int = DEFAULT_NEIGHBOURS,
+                 resolution: float | None = None, write: bool = False,
+                 progress: Callable | None = None) -> Clusters:
+        """Groups of items of the live index that look like one identity (``index.clusters``):
+        neighbours at or above ``threshold`` (default: the model card's pair threshold), then
+        Leiden communities; with ``write``, each item's ``cluster`` attribute is set."""
+        index = self.live_index(fresh=True)
+        threshold, reason, warning = pair_threshold(index.info, self.check_threshold(threshold))
+        clustering = discover(index, threshold, min_size=min_size,
+                              unlabeled_only=unlabeled_only, neighbours=neighbours,
+                              resolution=resolution, ef=self.settings.redis.ef or None,
+                              progress=progress)
+        written = write_clusters(index, clustering) if write else None
+        return Clusters(index, clustering, reason, warning, written)
+
+    def duplicates(self, threshold: float = DUPLICATE_THRESHOLD, *,
+                   neighbours: int = DEFAULT_NEIGHBOURS, progress: Callable | None = None
+                   ) -> tuple[VectorIndex, Clustering]:
+        """Groups of near-duplicate items (cosine at or above ``threshold``, chained)."""
+        threshold = self.check_threshold(threshold)
+        index = self.live_index(fresh=True)
+        return index, duplicate_groups(index, threshold, neighbours=neighbours,
+                                       ef=self.settings.redis.ef or None, progress=progress)
+
+    @staticmethod
+    def check_cluster_id(value: str) -> str:
+        if not isinstance(value, str) or len(value) != 13 or not value.startswith("c") \
+                or any(ch not in "0123456789abcdef" for ch in value[1:]):
+            raise InputError(f"cluster id must be 'c' and 12 hex digits (as listed by "
+                             f"'twinstream cluster'), got {value!r:.40}", field="cluster")
+        return value
+
+    def label_cluster(self, cluster: str, label: str, ids: Sequence[str] | None = None, *,
+                      threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE,
+                      unlabeled_only: bool = False, neighbours: int = DEFAULT_NEIGHBOURS,
+                      resolution: float | None = None) -> LabelledCluster:
+        """Enroll the members of a cluster as one identity ``label``: each member gets the
+        label (and the cluster) in its attributes and becomes a reference of the identity
+        (``Identities.add``: the prototype is the normalised mean of the members' stored
+        vectors). ``ids``: the members as the caller saw them (their hash must be the cluster
+        id); without them the clusters are computed again with the same options."""
+        cluster, label = self.check_cluster_id(cluster), self.check_label(label)
+        if ids is not None:
+            members = sorted({self.check_id(i) for i in ids})
+            if cluster_id(members) != cluster:
+                raise InputError(f"these {len(members)} ids are not cluster {cluster} (a "
+                                 "cluster's id is a hash of its members): the clusters changed; "
+                                 "list them again", field="ids")
+            index = self.live_index(fresh=True)
+        else:
+            found = self.clusters(threshold, min_size, unlabeled_only=unlabeled_only,
+                                  neighbours=neighbours, resolution=resolution)
+            match = [c for c in found.clustering.clusters if c.id == cluster]
+            if not match:
+                raise NotFoundError(f"no cluster {cluster} in index "
+                                    f"{found.index.info.name!r} now (the items changed, or "
+                                    "other options made it): list the clusters again")
+            index, members = found.index, sorted(match[0].members)
+        done, skipped, references = enroll_members(index, cluster, label, members)
+        if not done:
+            raise NotFoundError(f"none of the {len(members)} items of cluster {cluster} is in "
+                                f"index {index.info.name!r} any more")
+        return LabelledCluster(cluster, label, done, index, references, skipped)
 
     # --- identities ------------------------------------------------------------------------------
 

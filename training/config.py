@@ -36,6 +36,7 @@ IMAGENET_SIZE = 224
 NORMALIZATIONS = {"symmetric": ((0.5,) * 3, (0.5,) * 3),  # [0, 1] -> [-1, 1]
                   "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
                   "none": ((0.0,) * 3, (1.0,) * 3)}  # [0, 1] as it is
+DEVICES = ("auto", "cpu", "cuda")
 UNTIL_BUDGET = 1_000_000  # the epochs of a run that the time budget ends
 
 # Fields that must be equal to resume a run: they decide the model, its data or its split.
@@ -162,6 +163,9 @@ class TrainConfig:
     time_budget_s: float = option(0.0, "stop training after this many minutes (0: no budget)",
                                   "run", flag="--time-budget", metavar="MINUTES", scale=60.0)
     threads: int = option(0, "torch threads (0: torch's default)", "run", auto=True)
+    device: str = option("auto", "where torch trains: cuda (a GPU), cpu, or auto (cuda when "
+                         "torch sees one, else cpu); the checkpoint is saved for CPU either way",
+                         "run", choices=DEVICES)
     resume: bool = option(False, "continue the run in --out", "run")
     # pretrained backbones (issue 15): --arch resnet18 ... mobilenet_v3_large
     weights: str = option("", "start the backbone from this file: a torchvision-format state "

@@ -14,7 +14,7 @@ import gc
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,17 +87,36 @@ class Part:
         return len(np.unique(self.labels))
 
 
+def resolve_device(choice: str, distributed: bool = False) -> tuple[torch.device, str]:
+    """``auto`` | ``cpu`` | ``cuda`` -> the torch device and a one-line reason."""
+    has_cuda = torch.cuda.is_available()
+    if choice == "cuda" and not has_cuda:
+        raise InputError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() "
+                         "is False: a CPU build of torch, or no GPU/driver); use --device cpu")
+    if distributed and (choice == "cuda"):
+        raise InputError("--device cuda with several processes (torchrun) is not supported "
+                         "yet: train on one GPU, or on CPU processes with --device cpu")
+    if choice == "auto":
+        if has_cuda and not distributed:
+            return torch.device("cuda"), (f"device: cuda (auto: torch sees "
+                                          f"{torch.cuda.get_device_name(0)})")
+        why = "several processes train on CPU" if has_cuda else "torch sees no CUDA device"
+        return torch.device("cpu"), f"device: cpu (auto: {why})"
+    return torch.device(choice), f"device: {choice}"
+
+
 @torch.no_grad()
 def embed_part(model: nn.Module, part: Part, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of the readable images of a part, and their labels."""
+    """Embeddings of the readable images of a part, and their labels (on the model's device)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     vectors, labels = [], []
     for start in range(0, len(part.source), batch):
         idx = list(range(start, min(start + batch, len(part.source))))
         arrays, kept = part.source.batch(idx)
         if kept:
-            vectors.append(model(torch.from_numpy(arrays)).numpy())
+            vectors.append(model(torch.from_numpy(arrays).to(device)).cpu().numpy())
             labels.append(part.labels[[idx[k] for k in kept]])
     model.train(was_training)
     if not vectors:
@@ -123,6 +142,9 @@ class Trainer:
         folder = self._scan(cfg)
         self.cfg = cfg = self._resolve(cfg, folder)
         cfg.check()
+        self.device, device_line = resolve_device(cfg.device, dist.enabled)
+        self.log(device_line)
+        self.cfg = cfg = replace(cfg, device=self.device.type)  # what the report records
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -134,6 +156,7 @@ class Trainer:
                           seed=cfg.seed)
         self.objective = Objective(self.encoder, loss,
                                    gather=dist.gather if dist.enabled else None)
+        self.objective.to(self.device)  # before the optimizer, which keeps its state beside it
         self.optimizer = build_optimizer(cfg.optimizer, self._parameter_groups(), cfg.lr,
                                          cfg.weight_decay, cfg.momentum)
         batch = cfg.classes_per_batch * cfg.images_per_class
@@ -358,8 +381,8 @@ class Trainer:
             set_lr(self.optimizer, cfg.lr * lr_factor(self._progress(elapsed), cfg.schedule,
                                                       cfg.warmup))
             x, labels = self._batch(rng)
-            x = random_affine(x, cfg.augment, gen)
-            loss = self.model(x, labels)
+            x = random_affine(x, cfg.augment, gen)  # on CPU: the generator is a CPU one
+            loss = self.model(x.to(self.device, non_blocking=True), labels.to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

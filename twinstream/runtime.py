@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,10 @@ from PIL import Image
 from twinstream.errors import ConfigError, ModelError
 from twinstream.modelcard import PREFIX, ModelCard, content_version, verify_version
 from twinstream.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, image_to_array, preprocess_many
+from twinstream.providers import CPU, choose_providers, parse_providers, short_name
 from twinstream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -58,20 +62,38 @@ class Encoder:
     ``fallback`` is the preprocessing of a foreign encoder, one exported without a twinstream
     model card: the rest of its card is read off the graph (``--allow-no-card``). A file that has
     a card always uses its own.
+
+    ``providers``: onnxruntime execution providers in order of preference (the
+    ``TWINSTREAM_MODEL_PROVIDERS`` text, e.g. ``"cuda,cpu"``, or a list of names). Those this
+    onnxruntime lacks are skipped with a one-line warning (``warnings`` keeps it too); CPU is
+    the last resort. ``provider`` is the one the session really runs on.
     """
 
     def __init__(self, path: str | Path, threads: int = 0, card: ModelCard | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, *, inter_threads: int = 1,
-                 spin: bool = False, fallback: Preprocessing | None = None):
+                 spin: bool = False, fallback: Preprocessing | None = None,
+                 providers: str | Sequence[str] = "cpu"):
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
+        requested = parse_providers(providers if isinstance(providers, str)
+                                    else ",".join(providers))
+        choice = choose_providers(requested, ort.get_available_providers())
+        self.warnings: list[str] = [choice.warning] if choice.warning else []
         try:
             self.session = ort.InferenceSession(
                 str(path), session_options(threads, inter_threads, spin),
-                providers=["CPUExecutionProvider"])
+                providers=list(choice.providers))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
+        self.providers = tuple(self.session.get_providers())
+        if self.provider != choice.providers[0] and not choice.warning:
+            # Installed but not usable (e.g. the CUDA libraries did not load): onnxruntime
+            # quietly ran on the next provider, so say it here.
+            self.warnings.append(f"onnxruntime could not start {choice.providers[0]}: running "
+                                 f"on {self.provider}")
+        for warning in self.warnings:
+            log.warning("warning: %s", warning)
         self.path = path
         self.max_pixels = max_pixels
         self.input_name, self.output_name = _io_names(self.session, path)
@@ -95,7 +117,19 @@ class Encoder:
                               "TWINSTREAM_MODEL_PATH")
         return cls(path, threads=settings.model.threads,
                    inter_threads=settings.model.inter_threads, spin=settings.model.spin,
-                   max_pixels=settings.worker.max_image_pixels, fallback=fallback)
+                   max_pixels=settings.worker.max_image_pixels, fallback=fallback,
+                   providers=settings.model.providers)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the session runs on first (onnxruntime's name)."""
+        return self.providers[0] if self.providers else CPU
+
+    def runtime_info(self) -> dict:
+        """What ``status``, ``/health``, ``/readyz`` and ``model-card`` report of the runtime."""
+        return {"provider": self.provider, "provider_short": short_name(self.provider),
+                "providers": list(self.providers), "onnxruntime": ort.__version__,
+                "warnings": list(self.warnings)}
 
     @property
     def version(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from twinstream.errors import ConfigError
+from twinstream.providers import parse_providers
 
 ENV_PREFIX = "TWINSTREAM_"
 QUANTIZATIONS = ("q8", "noquant", "bin")
@@ -98,6 +99,10 @@ class ModelSettings:
     spin: bool = setting(
         False, "Let onnxruntime's idle threads spin-wait for the next batch: a little lower "
         "latency on a quiet machine, but CPU taken from everyone else on a shared one.")
+    providers: str = setting(
+        "cpu", "onnxruntime execution providers in order of preference, e.g. cuda,cpu or "
+        "openvino,cpu (short names or onnxruntime's own); one this onnxruntime build lacks is "
+        "skipped with a warning and CPU is always the last resort.", flag="--providers")
 
 
 @dataclass(frozen=True)
@@ -353,6 +358,7 @@ def _validate(settings: Settings) -> None:
     if settings.worker.log_format not in LOG_FORMATS:
         raise ConfigError(f"TWINSTREAM_WORKER_LOG_FORMAT must be one of "
                           f"{', '.join(LOG_FORMATS)}, got {settings.worker.log_format!r}")
+    parse_providers(settings.model.providers)  # an unknown name is a ConfigError now
     if settings.model.threads < 0:
         raise ConfigError("TWINSTREAM_MODEL_THREADS must be >= 0")
     if settings.model.inter_threads < 1:

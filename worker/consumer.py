@@ -353,13 +353,15 @@ class Worker:
         return {**self._health(), "worker": self.worker_id,
                 "unassigned_for_s": self._unassigned_for_s(),
                 "partitions": [tp.partition for tp in self.reader.assigned],
-                "in_flight_batches": self.pipeline.in_flight, "records": self.stats.to_dict()}
+                "in_flight_batches": self.pipeline.in_flight, "records": self.stats.to_dict(),
+                "model": {"version": self.encoder.version, **self.encoder.runtime_info()}}
 
     def describe(self) -> dict:
         """What the heartbeat publishes (``twinstream status`` shows it)."""
         return {"worker": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
                 "group": self.settings.kafka.group, "topic": self.settings.kafka.topic,
                 "index": self.index.info.name, "version": self.index.info.version,
+                "provider": self.encoder.provider,
                 "mode": "reindex" if self.reindex else "live",
                 "partitions": [tp.partition for tp in self.reader.assigned],
                 "leader": is_leader(self.reader.consumer), "durability": self.durability,

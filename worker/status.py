@@ -103,7 +103,7 @@ def render(status: dict) -> str:
             health = w.get("health", {}).get("status", "?")
             rec = w.get("records", {})
             lines.append(
-                f"  {w.get('worker')}  {w.get('mode')}  partitions "
+                f"  {w.get('worker')}  {w.get('mode')}  {w.get('provider', '?')}  partitions "
                 f"{','.join(map(str, w.get('partitions', []))) or _unassigned(w)}  {health}  "
                 f"indexed {rec.get('indexed', 0)}  dead {rec.get('dead_lettered', 0)}  "
                 f"seen {w.get('seen_s_ago')}s ago")

@@ -44,7 +44,9 @@ class PairBCELoss(MetricLoss):
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         n_pairs = max(2, int(len(labels) * self.pairs_per_item))
-        i, j, same = balanced_pairs(labels, n_pairs, self.generator)
+        # Drawn on CPU (the generator is a CPU one), then used where the embeddings are.
+        i, j, same = (t.to(embeddings.device)
+                      for t in balanced_pairs(labels.cpu(), n_pairs, self.generator))
         if len(i) == 0:
             return zero_loss(embeddings)
         logits = self.head(embeddings[i], embeddings[j])

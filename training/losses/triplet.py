@@ -38,7 +38,8 @@ class TripletLoss(MetricLoss):
         if not pos.any() or not neg.any():
             return zero_loss(embeddings)
         if self.mining == "random":
-            a, p, n = balanced_triplets(labels, len(labels), self.generator)
+            a, p, n = (t.to(dist.device)  # drawn on CPU, where the generator is
+                       for t in balanced_triplets(labels.cpu(), len(labels), self.generator))
             return (dist[a, p] - dist[a, n] + self.margin).clamp_min(0).mean()
         if self.mining == "batch-hard":
             hardest_pos = torch.where(pos, dist, torch.zeros_like(dist)).amax(dim=1)

@@ -54,8 +54,8 @@ def foreign_preprocessing(args: Any) -> Preprocessing | None:
     if missing:
         raise InputError(f"--allow-no-card needs {', '.join(missing)}: the preprocessing cannot "
                          "be guessed")
-    height, width = _size(args.size)
-    mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
+    height, width = parse_size(args.size)
+    mean, std = parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
     channels = args.channels or 3
     mean, std = _per_channel(mean, channels, "--mean"), _per_channel(std, channels, "--std")
     try:
@@ -66,7 +66,7 @@ def foreign_preprocessing(args: Any) -> Preprocessing | None:
         raise InputError(str(exc)) from exc
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("×", "x").split("x")
     try:
         values = [int(p) for p in parts]
@@ -77,7 +77,7 @@ def _size(text: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
     except ValueError as exc:

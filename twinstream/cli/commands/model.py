@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twinstream.cli.encoder_options import add_encoder_options, load_encoder
-from twinstream.cli.main import add_command
+from twinstream.cli.encoder_options import (
+    add_encoder_options,
+    load_encoder,
+    parse_floats,
+    parse_size,
+)
+from twinstream.cli.main import add_command, add_group
 from twinstream.errors import ImageDecodeError, InputError
 from twinstream.files import expand_paths
+from twinstream.preprocess import FITS, INTERPOLATIONS
 
 
 def register(subparsers) -> None:
@@ -44,12 +50,53 @@ def register(subparsers) -> None:
     group.add_argument("--int8-out", metavar="PATH",
                        help="where the int8 model goes (default: OUT with .int8.onnx)")
 
-    p = add_command(subparsers, "model-card", model_card, "print the model card of an .onnx file")
+    group = add_group(subparsers, "card", "model cards of foreign encoders (bring your own ONNX)")
+    p = add_command(group, "write", card_write,
+                    "write a twinstream model card into a foreign ONNX encoder (and measure its "
+                    "thresholds on a labelled folder)",
+                    description="Write a twinstream model card into an ONNX encoder made "
+                    "elsewhere (input float [N, C, H, W], output [N, D]), so workers, queries "
+                    "and the API use it like a model from 'twinstream export'. With --calibrate "
+                    "DIR (one sub-folder per class) the pair threshold, the recognition "
+                    "thresholds by gallery size and the probability calibration are measured "
+                    "as training measures them on its validation classes.",
+                    settings=("model.threads",))
+    p.add_argument("model", metavar="MODEL.onnx", help="the foreign encoder")
+    p.add_argument("--mean", required=True, metavar="M[,M,M]",
+                   help="per-channel mean after scaling pixels to [0, 1], e.g. "
+                        "0.485,0.456,0.406 (one value: every channel)")
+    p.add_argument("--std", required=True, metavar="S[,S,S]",
+                   help="per-channel standard deviation, e.g. 0.229,0.224,0.225")
+    p.add_argument("--size", metavar="HxW",
+                   help="input size, e.g. 224 or 64x48 (default: the graph's, when it fixes it)")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="1 = grayscale, 3 = RGB (default: the graph's, else 3)")
+    p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="bilinear",
+                   help="resize filter (default: %(default)s)")
+    p.add_argument("--fit", choices=FITS, default="stretch",
+                   help="stretch to the size, or pad keeping the aspect ratio (default: "
+                        "%(default)s)")
+    p.add_argument("--invert", action="store_true",
+                   help="x -> 1 - x after scaling (dark ink on light paper) (default: off)")
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="labelled images (one sub-folder per class, classes the encoder was not "
+                        "trained on) to measure thresholds and calibration on (default: none; "
+                        "the card then has no thresholds)")
+    p.add_argument("--out", metavar="OUT.onnx",
+                   help="write the carded model here (default: replace MODEL.onnx, atomically)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a twinstream card the file already has")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration's pairs and episodes (default: 0)")
+
+    p = add_command(subparsers, "model-card", model_card,
+                    "print the model card of an .onnx file (and the provider it runs on here)",
+                    settings=("model.providers",))
     p.add_argument("model", help="the .onnx file")
 
     p = add_command(subparsers, "embed", embed, "embed images with an ONNX encoder",
                     settings=("model.path", "model.threads", "model.inter_threads",
-                              "worker.batch"))
+                              "model.providers", "worker.batch"))
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     p.add_argument("--out", metavar="vectors.npy",
                    help="write the vectors ([embedded images, dim] float32) to this .npy file")
@@ -120,14 +167,39 @@ def _int8_summary(path: Path, card, report: dict) -> str:
     return text
 
 
+def card_write(args, settings, out) -> None:
+    from export.foreign import ForeignFlags, write_card
+
+    flags = ForeignFlags(mean=parse_floats(args.mean, "--mean"),
+                         std=parse_floats(args.std, "--std"),
+                         size=parse_size(args.size) if args.size else None,
+                         channels=args.channels, interpolation=args.interpolation,
+                         invert=args.invert, fit=args.fit)
+    written = write_card(args.model, flags, args.out, calibrate=args.calibrate,
+                         force=args.force, seed=args.seed, threads=settings.model.threads,
+                         log=out.info,
+                         progress=lambda it: out.progress(it, desc="embedding", unit="batch"))
+    card = written.card
+    if written.calibrated is None:
+        out.warn("no --calibrate DIR: the card has no thresholds or calibration; verify and "
+                 "recognize will guess (or need --threshold): calibrate on labelled images")
+    out.result({"out": str(written.out), "card": card.to_dict(),
+                "calibrated_on": written.calibrated},
+               f"wrote {written.out} (version {card.version}, {card.embedding_dim}-d"
+               + (f", pair threshold {card.threshold:.4f}" if card.threshold is not None
+                  else ", uncalibrated") + ")")
+
+
 def model_card(args, settings, out) -> None:
     from twinstream.runtime import Encoder
 
-    card = Encoder(args.model).card
-    out.result(card.to_dict(), describe(args.model, card))
+    encoder = Encoder(args.model, providers=settings.model.providers)
+    card, runtime = encoder.card, encoder.runtime_info()
+    out.result({**card.to_dict(), "runtime": runtime},
+               describe(args.model, card, runtime))
 
 
-def describe(path: str, card) -> str:
+def describe(path: str, card, runtime: dict | None = None) -> str:
     """The card as a person reads it: the essentials first, then everything else."""
     spec = card.preprocessing
     colour = "RGB" if spec.channels == 3 else "grayscale"
@@ -166,6 +238,10 @@ def describe(path: str, card) -> str:
         p = card.provenance
         rows.append(("exported by", f"{p['exporter']}, opset {p.get('opset')}, torch "
                                     f"{p.get('torch')}"))
+    if runtime:
+        rows.append(("runs on", f"{runtime['provider']} here (onnxruntime "
+                                f"{runtime['onnxruntime']}; providers "
+                                f"{', '.join(runtime['providers'])})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

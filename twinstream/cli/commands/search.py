@@ -10,7 +10,7 @@ from twinstream.cli.main import add_command, add_group
 from twinstream.errors import InputError
 
 REDIS = ("redis.url", "redis.index")
-SEARCH = (*REDIS, "redis.ef", "model.path")
+SEARCH = (*REDIS, "redis.ef", "model.path", "model.providers")
 
 
 def register(subparsers) -> None:
@@ -60,6 +60,42 @@ def register(subparsers) -> None:
     p = add_command(group, "remove", identities_remove,
                     "remove an identity and its reference images", settings=REDIS)
     p.add_argument("label", metavar="NAME")
+
+    p = add_command(subparsers, "cluster", cluster_cmd,
+                    "discover identities: group the index's items into clusters of look-alikes",
+                    description="Group the live index's items into clusters: each item's "
+                    "nearest neighbours (the vector set's own search) above the threshold make "
+                    "a graph, and Leiden communities of that graph are the clusters. Label one "
+                    "with POST /clusters/{id}/label (the page does it) to enroll its members as "
+                    "one identity.", settings=(*REDIS, "redis.ef"))
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine at which two items count as neighbours (default: the model "
+                        "card's pair threshold)")
+    p.add_argument("--min-size", type=int, default=2,
+                   help="smallest group reported as a cluster (default: 2)")
+    p.add_argument("--unlabeled-only", action="store_true",
+                   help="cluster only items without a label (default: every item)")
+    p.add_argument("--neighbours", type=int, default=16, metavar="K",
+                   help="nearest neighbours asked per item (default: 16)")
+    p.add_argument("--resolution", type=float, default=None, metavar="R",
+                   help="Leiden CPM resolution: the cosine weight a cluster needs per pair of "
+                        "members; lower keeps bigger identities whole (default: 0.0125 x K, "
+                        "0.2 at 16 neighbours)")
+    p.add_argument("--write", action="store_true",
+                   help="store each item's cluster id in its 'cluster' attribute (filters can "
+                        "then use .cluster) (default: only print)")
+    p.add_argument("--show", type=int, default=20, metavar="N",
+                   help="clusters printed in the text output (default: 20; --json has all)")
+
+    p = add_command(subparsers, "duplicates", duplicates_cmd,
+                    "near-duplicate groups in the index (copies, re-encodes, crops)",
+                    settings=(*REDIS, "redis.ef"))
+    p.add_argument("--threshold", type=float, default=0.98,
+                   help="cosine at which two items are near-duplicates (default: 0.98)")
+    p.add_argument("--neighbours", type=int, default=16, metavar="K",
+                   help="nearest neighbours asked per item (default: 16)")
+    p.add_argument("--show", type=int, default=50, metavar="N",
+                   help="groups printed in the text output (default: 50; --json has all)")
 
     group = add_group(subparsers, "index", "list, inspect, promote and drop index versions")
     add_command(group, "list", index_list, "every index and its versions", settings=("redis.url",))
@@ -205,6 +241,56 @@ def verify_cmd(args, settings, out) -> None:
     out.result({"a": args.first, "b": args.second, **result.to_dict()},
                f"{verdict}  (similarity {result.score:+.4f}{chance}, threshold "
                f"{result.threshold:.4f})")
+
+
+# --- clusters ----------------------------------------------------------------------------------
+
+def _cluster_lines(clusters, show: int, members_shown: int = 6) -> list[str]:
+    lines = []
+    for c in clusters[:show]:
+        labels = ", ".join(f"{label} x{n}" for label, n in c.labels.items())
+        head = ", ".join(c.members[:members_shown])
+        more = f" (+{c.size - members_shown})" if c.size > members_shown else ""
+        lines.append(f"{c.id}  {c.size:4d} items  cohesion {c.cohesion:.3f}"
+                     + (f"  labels: {labels}" if labels else "") + f"\n    {head}{more}")
+    if len(clusters) > show:
+        lines.append(f"... {len(clusters) - show} more (--show N, or --json for all)")
+    return lines
+
+
+def cluster_cmd(args, settings, out) -> None:
+    found = _service(settings, with_model=False).clusters(
+        args.threshold, args.min_size, unlabeled_only=args.unlabeled_only,
+        neighbours=args.neighbours, resolution=args.resolution, write=args.write,
+        progress=lambda it: out.progress(it, desc="neighbours", unit="chunk"))
+    if found.warning:
+        out.warn(found.warning)
+    result = found.clustering
+    info = found.index.info
+    text = [f"{len(result.clusters)} cluster(s) of {args.min_size}+ holding {result.clustered} "
+            f"of {result.items} {'unlabeled ' if args.unlabeled_only else ''}item(s) in index "
+            f"{info.name!r} ({result.method} at resolution {result.resolution:g}, "
+            f"{result.edges} neighbour pairs)",
+            f"threshold: {found.threshold_reason}", *_cluster_lines(result.clusters, args.show)]
+    if found.written is not None:
+        w = found.written
+        text.append(f"wrote the 'cluster' attribute of {w['written']} item(s)"
+                    + (f"; {w['changed_meanwhile']} changed meanwhile and were left as they "
+                       "are" if w["changed_meanwhile"] else ""))
+    out.result({"index": info.name, "model_version": info.version,
+                "threshold_reason": found.threshold_reason, "warning": found.warning,
+                "written": found.written, **result.to_dict()}, "\n".join(text))
+
+
+def duplicates_cmd(args, settings, out) -> None:
+    index, result = _service(settings, with_model=False).duplicates(
+        args.threshold, neighbours=args.neighbours,
+        progress=lambda it: out.progress(it, desc="neighbours", unit="chunk"))
+    text = [f"{len(result.clusters)} group(s) of near-duplicates (cosine >= "
+            f"{result.threshold:g}) holding {result.clustered} of {result.items} item(s) in "
+            f"index {index.info.name!r}", *_cluster_lines(result.clusters, args.show)]
+    out.result({"index": index.info.name, "model_version": index.info.version,
+                **result.to_dict()}, "\n".join(text))
 
 
 # --- identities --------------------------------------------------------------------------------

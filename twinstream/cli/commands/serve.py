@@ -9,8 +9,8 @@ def register(subparsers) -> None:
     add_command(subparsers, "serve", serve,
                 "HTTP search API and web page (search, recognise, verify, enroll, ingest)",
                 settings=("api.host", "api.port", "api.token_file", "model.path",
-                          "model.threads", "redis.url", "redis.index", "kafka.bootstrap",
-                          "kafka.topic"))
+                          "model.threads", "model.providers", "redis.url", "redis.index",
+                          "kafka.bootstrap", "kafka.topic"))
 
 
 def serve(args, settings, out) -> int:

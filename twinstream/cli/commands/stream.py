@@ -12,8 +12,9 @@ from twinstream.files import expand_paths
 
 KAFKA = ("kafka.bootstrap", "kafka.topic", "kafka.partitions")
 WORKER = (*KAFKA, "kafka.group", "redis.url", "redis.index", "redis.quant", "model.path",
-          "model.threads", "worker.batch", "worker.max_wait_ms", "worker.processes",
-          "worker.decode_threads", "worker.metrics_port", "worker.log_format")
+          "model.threads", "model.providers", "worker.batch", "worker.max_wait_ms",
+          "worker.processes", "worker.decode_threads", "worker.metrics_port",
+          "worker.log_format")
 
 
 def register(subparsers) -> None:
