@@ -5,6 +5,8 @@ No real published weights are available offline: every file here is written by t
 randomly initialised network in the published layout, as torchvision's ``.pth`` files are.
 """
 
+import urllib.request
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -187,6 +189,10 @@ def test_pretrained_download_offline_is_one_clear_line(tmp_path, monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+    # urllib builds its default opener, proxies included, on first use and keeps it: start from
+    # none and have the one built here dropped afterwards, or later tests in this process would
+    # still go through the dead proxy.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(ModelError, match=r"cannot download the resnet18 weights from "
                        r"https://download\.pytorch\.org/models/resnet18-f37072fd\.pth: .*"
                        r"pass --weights FILE") as info:
