@@ -45,14 +45,7 @@ WELL_KNOWN = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a busy 2-core machine two spin-wait for each other (a MobileNet's
-    forward pass took 100x longer with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def published(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -27,14 +27,7 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a busy 2-core machine two spin-wait for each other (a MobileNet's
-    forward pass took 100x longer with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Exported here: every architecture but the deeper twins of resnet18 and mobilenet_v3_small,
