@@ -18,6 +18,29 @@ import pytest
 from twinstream.settings import Settings, load_settings
 from twinstream.stack import LocalStack, stack_for, with_services
 
+# The longest files first: `make test` runs two pytest workers a file at a time, and the run ends
+# when the last file does, so the long ones must not be left for the end (seconds on the busy
+# 2-core machine, `--durations`).
+LONGEST_FIRST = (
+    "integration/test_demo.py",  # ~140 s: trains the demo's encoder
+    "integration/test_crash_worker.py",  # ~80 s
+    "integration/test_membership.py",  # ~70 s
+    "integration/test_training.py",
+    "integration/test_crash_redis.py",
+    "integration/test_crash_broker.py",
+    "integration/test_cluster_stages.py",
+    "integration/test_reliability.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
+
 # Short session timeout: a new group's first join takes about half of it on the embedded broker.
 TEST_SESSION_TIMEOUT_MS = 6000
 

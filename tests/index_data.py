@@ -27,6 +27,18 @@ def clustered(n: int, dim: int = 24, clusters: int = 10, spread: float = 0.35,
     return normalise(centres[labels] + noise), labels
 
 
+def balanced_classes(classes: int, per_class: int, dim: int, spread: float, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` unit vectors around each of ``classes`` random centres, labels in order:
+    a stand-in for a trained encoder's output on a labelled set."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    labels = np.repeat(np.arange(classes), per_class)
+    points = centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True)
+    points = points + rng.normal(scale=spread / np.sqrt(dim), size=points.shape)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32), labels
+
+
 def exact_top_k(data: np.ndarray, query: np.ndarray, k: int) -> list[int]:
     scores = data @ query
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]

@@ -4,7 +4,9 @@ Every field of ``TrainConfig`` declared ``auto`` and left ``None`` is chosen her
 one-line reason that training prints and records (``auto_choices`` in the checkpoint and the
 report). A flag given by the user is never overridden. The rules are what
 ``bench/omniglot.py`` and the digits/shapes runs measured best on a 2-core CPU (README, "Data-aware
-defaults"); they look only at the images and the class counts, never at names.
+defaults"); they look only at the images and the class counts, never at names. A pretrained
+backbone (``--weights``/``--pretrained``) gets what its weights expect instead: RGB, 224 px,
+ImageNet's mean and std.
 Torch-free (Pillow + numpy).
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.config import UNTIL_BUDGET, TrainConfig
+from training.config import IMAGENET_SIZE, UNTIL_BUDGET, TrainConfig
 from training.data import ImageFolder, parent_of
 
 SAMPLE_IMAGES = 200
@@ -100,17 +102,29 @@ def resolve(cfg: TrainConfig, folder: ImageFolder, load: float | None = None,
     choices: list[Choice] = []
 
     def choose(name: str, value: Any, reason: str) -> None:
-        if name in wanted:
+        if name in wanted and name not in {c.name for c in choices}:  # the first rule wins
             choices.append(Choice(name, value, reason))
             nonlocal cfg
             cfg = replace(cfg, **{name: value})
 
+    cfg.check_backbone()  # before any choice is made (and printed) for a run that cannot start
+    pretrained = cfg.weights or cfg.pretrained
     greyscale = data.greyscale >= 0.95
+    if pretrained:
+        choose("channels", 3, "the pretrained weights expect colour (RGB) input; greyscale "
+               "images are repeated on the three channels")
     choose("channels", 1 if greyscale else 3,
            f"{data.greyscale:.0%} of {data.sampled} sampled images are greyscale")
     channels = cfg.channels
     light = data.light_background >= 0.8
     line_drawing = light and data.ink <= LINE_DRAWING_INK
+    if pretrained:
+        choose("invert", False, "the pretrained weights saw photographs as they are")
+        choose("image_size", IMAGENET_SIZE, "the size the published weights were trained at "
+               "(smaller is faster on a CPU: --image-size)")
+        choose("normalize", "imagenet", "ImageNet's mean and std: the normalisation the "
+               "pretrained weights expect")
+    choose("normalize", "symmetric", "pixels scaled to [-1, 1] (no pretrained weights)")
     if channels == 1 and light:
         choose("invert", True, f"dark strokes on a light background in "
                f"{data.light_background:.0%} of the sample: inverted, ink becomes 1")

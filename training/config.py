@@ -21,19 +21,28 @@ from training.data import SPLIT_MODES
 from twinstream.errors import InputError
 from twinstream.preprocess import Preprocessing
 
-ARCHS = ("tiny", "small", "conv4", "koch", "resnet", "mlp")
+# Standard backbones that can start from published weights (training.backbones, issue 15).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")
+ARCHS = ("tiny", "small", "conv4", "koch", "resnet", "mlp", *BACKBONES)
 LOSSES = ("contrastive", "triplet", "circle", "pair-bce")
 MINING = ("batch-all", "batch-hard", "semi-hard", "random")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 DUPLICATE_POLICIES = ("merge", "drop", "error")
+# Input normalisation: (mean, std) of RGB. ImageNet's is what pretrained backbones expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_SIZE = 224
+NORMALIZATIONS = {"symmetric": ((0.5,) * 3, (0.5,) * 3),  # [0, 1] -> [-1, 1]
+                  "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+                  "none": ((0.0,) * 3, (1.0,) * 3)}  # [0, 1] as it is
 DEVICES = ("auto", "cpu", "cuda")
 UNTIL_BUDGET = 1_000_000  # the epochs of a run that the time budget ends
 
 # Fields that must be equal to resume a run: they decide the model, its data or its split.
 RESUME_KEYS = ("data", "arch", "embedding_dim", "base_channels", "image_size", "channels",
                "invert", "split", "val_fraction", "test_fraction", "loss", "seed", "optimizer",
-               "duplicates", "quarter_turns", "mirror")
+               "duplicates", "quarter_turns", "mirror", "normalize")
 
 
 def option(default: Any, help: str, group: str, *, choices: tuple | None = None,
@@ -59,6 +68,9 @@ class EncoderConfig:
     width: int = 64
     embedding_dim: int = 64
     base_channels: int = 0  # channels of the first layer; 0: the architecture's default
+    # Where a standard backbone's starting weights came from (file name and sha256, or the
+    # published URL); "" for random initialisation. Provenance only: rebuilding ignores it.
+    init: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,15 +167,36 @@ class TrainConfig:
                          "torch sees one, else cpu); the checkpoint is saved for CPU either way",
                          "run", choices=DEVICES)
     resume: bool = option(False, "continue the run in --out", "run")
+    # pretrained backbones (issue 15): --arch resnet18 ... mobilenet_v3_large
+    weights: str = option("", "start the backbone from this file: a torchvision-format state "
+                          "dict (.pth/.pt) or .safetensors; standard --arch only", "model",
+                          metavar="FILE")
+    pretrained: bool = option(False, "start the backbone from the published ImageNet weights, "
+                              "downloaded by torch.hub (needs network; cached in "
+                              "~/.cache/torch/hub)", "model")
+    normalize: str = option("symmetric", "input normalisation: imagenet (ImageNet's mean and "
+                            "std, what pretrained weights expect), symmetric (to [-1, 1]), "
+                            "none ([0, 1])", "model", choices=tuple(NORMALIZATIONS), auto=True)
+    freeze_epochs: int = option(0, "first epochs with the pretrained backbone frozen (only the "
+                                "projection head trains), then every layer", "optimisation")
+    backbone_lr: float = option(0.1, "learning rate of a pretrained backbone, as a share of "
+                                "--lr (the head trains at --lr)", "optimisation")
+
+    @property
+    def starts_pretrained(self) -> bool:
+        return bool(self.weights) or self.pretrained
 
     def preprocessing(self) -> Preprocessing:
         c = self.channels
+        mean, std = NORMALIZATIONS[self.normalize]
+        if c == 1:  # greyscale: the channels' average (a pretrained stem is summed to match)
+            mean, std = (round(sum(mean) / 3, 4),), (round(sum(std) / 3, 4),)
         return Preprocessing(height=self.image_size, width=self.image_size, channels=c,
-                             mean=(0.5,) * c, std=(0.5,) * c, invert=self.invert)
+                             mean=tuple(mean), std=tuple(std), invert=self.invert)
 
-    def encoder(self) -> EncoderConfig:
+    def encoder(self, init: str = "") -> EncoderConfig:
         return EncoderConfig(self.arch, self.channels, self.image_size, self.image_size,
-                             self.embedding_dim, self.base_channels)
+                             self.embedding_dim, self.base_channels, init)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,9 +246,28 @@ class TrainConfig:
             raise InputError(f"--parent-batches must be in [0, 1], got {self.parent_batches}")
         if not 0 <= self.warmup < 1:
             raise InputError(f"--warmup must be in [0, 1), got {self.warmup}")
+        self.check_backbone()
         if self.val_fraction <= 0:
             raise InputError("--val-fraction must be above 0: validation picks the best "
                              "checkpoint and the model card's thresholds")
+
+    def check_backbone(self) -> None:
+        """The pretrained-backbone flags together; before the data is scanned (``arch`` may
+        still be ``None``: then ``--weights``/``--pretrained`` lack the --arch they need)."""
+        if self.starts_pretrained and self.arch not in BACKBONES:
+            if self.arch is None:
+                raise InputError(f"{'--weights' if self.weights else '--pretrained'} needs "
+                                 f"--arch: one of {', '.join(BACKBONES)}")
+            given = "--weights" if self.weights else "--pretrained"
+            raise InputError(f"{given} needs a standard --arch ({', '.join(BACKBONES)}), "
+                             f"got {self.arch!r}")
+        if self.weights and self.pretrained:
+            raise InputError("give --weights FILE or --pretrained, not both")
+        if self.freeze_epochs and not self.starts_pretrained:
+            raise InputError("--freeze-epochs needs a pretrained backbone (--weights or "
+                             "--pretrained): a random one has nothing worth keeping")
+        if self.freeze_epochs < 0 or not 0 < self.backbone_lr <= 1:
+            raise InputError("--freeze-epochs must be at least 0 and --backbone-lr in (0, 1]")
 
 
 def flag_of(f) -> str:

@@ -89,7 +89,9 @@ def pair_scores(embeddings: np.ndarray, labels: np.ndarray, max_pairs: int = 200
     if len(i) > max_pairs:
         pick = np.random.default_rng(seed).choice(len(i), size=max_pairs, replace=False)
         i, j = i[pick], j[pick]
-    scores = np.einsum("nd,nd->n", embeddings[i], embeddings[j])
+    # float32 dot products of unit vectors can land a rounding step above 1 (a collapsed,
+    # barely trained encoder gives nearly identical vectors); a cosine stays in [-1, 1]
+    scores = np.clip(np.einsum("nd,nd->n", embeddings[i], embeddings[j]), -1.0, 1.0)
     return scores, (labels[i] == labels[j]).astype(np.int8)
 
 

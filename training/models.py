@@ -2,6 +2,9 @@
 
 Only plain conv / batch-norm / ReLU / max-pool / linear / adaptive-average-pool / flatten layers are
 used, so every architecture exports to ONNX (opset 17) and matches onnxruntime to float precision.
+The standard backbones (``training.backbones``: ResNet-18/34/50, MobileNetV3) add hard-swish,
+hard-sigmoid and squeeze-and-excitation, which ONNX has as operators too; they can start from
+published weights (``training.weights``) and feed the same projection head.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.backbones import REGISTRY as BACKBONES
 from training.config import EncoderConfig
 from twinstream.errors import ModelError
 
@@ -107,6 +111,17 @@ def mlp(cfg: EncoderConfig) -> Embedder:
     return Embedder(nn.Sequential(*layers), width // 2, cfg.embedding_dim)
 
 
+def standard_backbone(name: str):
+    """A ResNet or MobileNetV3 (torchvision's layout, no classification layer) and the head."""
+    def build(cfg: EncoderConfig) -> Embedder:
+        if cfg.base_channels:
+            raise ModelError(f"--base-channels does not apply to {name}: its widths are "
+                             "those of the published network")
+        net = BACKBONES[name].features(cfg.in_channels)
+        return Embedder(net, net.feature_dim, cfg.embedding_dim)
+    return build
+
+
 ARCHITECTURES = {
     "tiny": lambda cfg: conv_stack(cfg, cfg.base_channels or 8, (1, 2, 4)),
     "small": lambda cfg: conv_stack(cfg, cfg.base_channels or 32, (1, 2, 4, 4)),
@@ -114,6 +129,7 @@ ARCHITECTURES = {
     "koch": koch,
     "resnet": resnet,
     "mlp": mlp,
+    **{name: standard_backbone(name) for name in BACKBONES},
 }
 
 

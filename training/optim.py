@@ -45,5 +45,6 @@ def lr_factor(progress: float, schedule: str, warmup: float = 0.05) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """``lr`` for every group, times the group's ``lr_scale`` (a pretrained backbone's)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -10,10 +10,11 @@ model selection), and ``report.json`` plus plots are written to the run folder.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch import nn
 from training import autoconfig
 from training.augment import random_affine, variant_classes
 from training.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
-from training.config import RESUME_KEYS, UNTIL_BUDGET, TrainConfig
+from training.config import RESUME_KEYS, UNTIL_BUDGET, EncoderConfig, TrainConfig
 from training.data import ImageFolder, ImageSource, scan_image_folder, split_data
 from training.distributed import Distributed
 from training.duplicates import find_duplicates
@@ -36,6 +37,7 @@ from training.optim import build_optimizer, lr_factor, set_lr
 from training.plots import plot_reliability
 from training.sampling import PKSampler
 from training.trust import card_from_checkpoint_meta, measure_trust
+from training.weights import check_fit, initial_weights, load_backbone
 from twinstream.errors import InputError, ModelError
 from twinstream.jsonio import to_json
 
@@ -134,6 +136,9 @@ class Trainer:
         self.dist, self.progress = dist, progress
         self.log = log if dist.is_main else (lambda _m: None)
         self.started = time.monotonic()
+        # The weights first: a file that cannot be read or does not fit --arch fails before the
+        # data is scanned, and long before anything is written.
+        self.initial = self._initial_weights(cfg)
         folder = self._scan(cfg)
         self.cfg = cfg = self._resolve(cfg, folder)
         cfg.check()
@@ -143,15 +148,16 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        # Before anything is written: a weights file that does not fit leaves no run folder.
+        self.encoder, self.encoder_cfg = self._build_encoder()
         self.run_dir = Path(cfg.out)
         self._prepare_data(folder)
-        self.encoder = build_encoder(cfg.encoder())
         loss = build_loss(cfg.loss, cfg.embedding_dim, cfg.margin, cfg.mining, cfg.circle_gamma,
                           seed=cfg.seed)
         self.objective = Objective(self.encoder, loss,
                                    gather=dist.gather if dist.enabled else None)
         self.objective.to(self.device)  # before the optimizer, which keeps its state beside it
-        self.optimizer = build_optimizer(cfg.optimizer, self.objective.parameters(), cfg.lr,
+        self.optimizer = build_optimizer(cfg.optimizer, self._parameter_groups(), cfg.lr,
                                          cfg.weight_decay, cfg.momentum)
         batch = cfg.classes_per_batch * cfg.images_per_class
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, -(-len(self.train.labels) // batch))
@@ -165,7 +171,57 @@ class Trainer:
         self.ranks_in_sync = True
         if cfg.resume:
             self._resume()
-        self.model = dist.wrap(self.objective)
+        # Wrapped (DDP) at the start of each epoch whose backbone freezing differs from the last.
+        self.model: nn.Module | None = None
+        self.frozen: bool | None = None
+
+    # -- the encoder ----------------------------------------------------------------------
+    def _initial_weights(self, cfg: TrainConfig) -> tuple[dict | None, str]:
+        """The backbone's starting state dict (checked against --arch) and its description."""
+        cfg.check_backbone()
+        if not cfg.starts_pretrained:
+            return None, ""
+        state, init = initial_weights(cfg.arch, cfg.weights, cfg.pretrained,
+                                      progress=self.progress is not None and self.dist.is_main)
+        # a pretrained run is RGB unless --channels 1 says otherwise (autoconfig)
+        check_fit(cfg.arch, state, cfg.weights or "(published)", cfg.channels or 3)
+        return state, init
+
+    def _build_encoder(self) -> tuple[nn.Module, EncoderConfig]:
+        """A fresh encoder; a standard backbone starts from --weights or --pretrained."""
+        cfg = self.cfg
+        encoder = build_encoder(cfg.encoder())
+        state, init = self.initial
+        self.initial = None, init  # the state dict is in the encoder now: let it go
+        if state is not None:
+            load_backbone(encoder.features, cfg.arch, state, cfg.weights or "(published)")
+            self.log(f"backbone: {cfg.arch} from {init}")
+        return encoder, cfg.encoder(init)
+
+    def _parameter_groups(self) -> list[dict]:
+        """One group, or two when a pretrained backbone learns slower than the head: the
+        published features are worth keeping while the new head finds its way."""
+        if not (self.cfg.starts_pretrained and self.cfg.backbone_lr != 1.0):
+            return [{"params": list(self.objective.parameters())}]
+        backbone = list(self.encoder.features.parameters())
+        ids = {id(p) for p in backbone}
+        rest = [p for p in self.objective.parameters() if id(p) not in ids]
+        return [{"params": backbone, "lr_scale": self.cfg.backbone_lr}, {"params": rest}]
+
+    def _freeze(self, frozen: bool) -> None:
+        """Backbone frozen (no gradients, batch-norm statistics kept) or trainable; DDP is
+        wrapped again on a change, because it only synchronises what needed gradients when it
+        was built."""
+        if frozen == self.frozen:
+            return
+        self.encoder.features.requires_grad_(not frozen)
+        self.model = None
+        gc.collect()  # the old DDP wrapper and its gradient hooks go before the new one comes
+        self.model = self.dist.wrap(self.objective)
+        if self.frozen is not None or frozen:
+            self.log("backbone frozen: only the projection head trains" if frozen else
+                     "backbone unfrozen: every layer trains")
+        self.frozen = frozen
 
     # -- data -----------------------------------------------------------------------------
     def _scan(self, cfg: TrainConfig) -> ImageFolder:
@@ -255,8 +311,9 @@ class Trainer:
             raise InputError(f"nothing to resume: {path} does not exist")
         state = load_state(path)
         saved = state.get("config", {})
+        defaults = {f.name: f.default for f in fields(TrainConfig)}  # keys older runs lack
         for key in RESUME_KEYS:
-            if saved.get(key) != getattr(self.cfg, key):
+            if saved.get(key, defaults[key]) != getattr(self.cfg, key):
                 raise ModelError(f"cannot resume {path}: {key} was {saved.get(key)!r}, now "
                                  f"{getattr(self.cfg, key)!r}")
         try:
@@ -277,7 +334,7 @@ class Trainer:
                   "auto_choices": self.auto_choices, "history": self.history,
                   "epoch": self.epoch}
         if improved:
-            save_checkpoint(self.run_dir / "best.pt", self.encoder, cfg.encoder(),
+            save_checkpoint(self.run_dir / "best.pt", self.encoder, self.encoder_cfg,
                             cfg.preprocessing(), metrics=val, **common)
         save_state(self.run_dir / "last.pt", config=cfg.to_dict(),
                    objective=self.objective.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -306,7 +363,10 @@ class Trainer:
         """One epoch of steps; returns the mean loss and whether the time budget ran out."""
         cfg = self.cfg
         rng, gen = self._epoch_rngs()
+        self._freeze(self.epoch <= cfg.freeze_epochs)
         self.model.train()
+        if self.frozen:
+            self.encoder.features.eval()
         steps = range(self.steps_per_epoch)
         bar = self.progress(steps, desc=f"epoch {self._epoch_name()}", unit="batch") \
             if self.progress and self.dist.is_main else steps

@@ -292,9 +292,72 @@ class Deletion:
 
 
 @dataclass(frozen=True)
+class ClusterMember:
+    id: str
+    label: str | None
+    thumbnail_url: str
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A group of items the model sees as one identity (or copies of one image). ``id`` is a
+    hash of the members: the same group has the same id in every listing."""
+
+    id: str
+    size: int
+    cohesion: float
+    labels: dict[str, int]
+    cover: ClusterMember
+    members: list[ClusterMember]
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """``clusters`` largest first (at most the ``limit`` asked); ``total_clusters`` in all."""
+
+    index: str
+    model_version: str
+    method: str
+    resolution: float | None
+    threshold: float
+    threshold_reason: str
+    warning: str | None
+    items: int
+    clustered: int
+    edges: int
+    total_clusters: int
+    clusters: list[Cluster]
+
+
+@dataclass(frozen=True)
+class ClusterLabelling:
+    """``ids`` enrolled as references of ``label``; ``skipped``: deleted or changed meanwhile."""
+
+    cluster: str
+    label: str
+    ids: list[str]
+    references: int
+    skipped: list[str]
+    model_version: str
+
+
+@dataclass(frozen=True)
 class Readiness:
     ready: bool
     checks: dict[str, Any] = field(default_factory=dict)
+
+
+def _member(d: Mapping[str, Any]) -> ClusterMember:
+    return ClusterMember(d["id"], d.get("label"), d["thumbnail_url"])
+
+
+def _clustering(body: Mapping[str, Any]) -> Clustering:
+    clusters = [Cluster(c["id"], c["size"], c["cohesion"], c["labels"], _member(c["cover"]),
+                        [_member(m) for m in c["members"]]) for c in body["clusters"]]
+    return Clustering(body["index"], body["model_version"], body["method"],
+                      body.get("resolution"), body["threshold"], body["threshold_reason"],
+                      body.get("warning"), body["items"], body["clustered"], body["edges"],
+                      body["total_clusters"], clusters)
 
 
 def _hit(d: Mapping[str, Any]) -> Hit:
@@ -417,6 +480,36 @@ class Client:
         body = self._request("DELETE", f"/identities/{_path(label)}")
         return IdentityRemoval(body["label"], body["removed_references"])
 
+    # -- discovering identities
+
+    def clusters(self, *, threshold: float | None = None, min_size: int = 2,
+                 unlabeled_only: bool = False, neighbours: int = 16,
+                 resolution: float | None = None, limit: int = 100) -> Clustering:
+        """The live index's items grouped into clusters (Leiden CPM on the neighbour graph)."""
+        params = _form(threshold=threshold, min_size=min_size, neighbours=neighbours,
+                       resolution=resolution, limit=limit,
+                       unlabeled_only="true" if unlabeled_only else None)
+        return _clustering(self._request("GET", "/clusters", params=params))
+
+    def duplicates(self, *, threshold: float | None = None, neighbours: int = 16,
+                   limit: int = 100) -> Clustering:
+        """Groups of near-duplicate items (copies, re-encodes)."""
+        params = _form(threshold=threshold, neighbours=neighbours, limit=limit)
+        return _clustering(self._request("GET", "/duplicates", params=params))
+
+    def label_cluster(self, cluster: Cluster | str, label: str, *,
+                      ids: Sequence[str] | None = None) -> ClusterLabelling:
+        """Enroll a cluster's members as one identity. Given a :class:`Cluster`, its members
+        as listed are sent, so the server checks the group did not change. Needs the token."""
+        if isinstance(cluster, Cluster):
+            cluster_id, ids = cluster.id, [m.id for m in cluster.members] if ids is None else ids
+        else:
+            cluster_id = cluster
+        body = self._post(f"/clusters/{_path(cluster_id)}/label",
+                          json={"label": label, "ids": None if ids is None else list(ids)})
+        return ClusterLabelling(body["cluster"], body["label"], body["ids"],
+                                body["references"], body["skipped"], body["model_version"])
+
     # -- items
 
     def item(self, item_id: str, *, vector: bool = False) -> Item:
@@ -531,7 +624,8 @@ def _path(value: str) -> str:
 
 __all__ = [
     "ApiError", "ApiNotFoundError", "ApiOverloadedError", "ApiTimeoutError",
-    "ApiUnavailableError", "BadRequestError", "Client", "Deletion", "Enrollment", "Hit",
+    "ApiUnavailableError", "BadRequestError", "Client", "Cluster", "ClusterLabelling",
+    "ClusterMember", "Clustering", "Deletion", "Enrollment", "Hit",
     "Identity", "IdentityDetail", "IdentityList", "IdentityMatch", "IdentityRemoval", "IndexRef",
     "InvalidRequestError", "Item", "ModelMismatchError", "NotAnImageError",
     "PayloadTooLargeError", "Queued", "Readiness", "Recognition", "SearchResult", "ServerError",

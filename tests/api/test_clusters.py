@@ -113,6 +113,32 @@ def test_labelling_a_cluster_makes_an_identity(base_settings, stack):
         assert rest["items"] == 30 - len(ids) and rest["total_clusters"] == 2
 
 
+def test_the_python_client_lists_clusters_and_duplicates_and_labels_one(base_settings, stack):
+    """twinstream.client against the real server: the typed clusters are the true groups, the
+    same as the raw answer, and labelling one (members sent as listed) makes its identity."""
+    from twinstream.client import ApiNotFoundError, Client, Cluster
+
+    settings, index, truth = filled(base_settings, stack, n=30, groups=3)
+    index.upsert([("copy-of-000", index.vector("face-000"), {"source": "copy"})])
+    with running_server(settings, None) as server, Client(server.url) as client:
+        found = client.clusters(unlabeled_only=True)
+        raw = server.client.get("/clusters", params={"unlabeled_only": True}).json()
+        assert [c.id for c in found.clusters] == [c["id"] for c in raw["clusters"]]
+        assert found.method == "leiden-cpm" and found.total_clusters == 3 and found.items == 31
+        assert all(isinstance(c, Cluster) and c.cover == c.members[0] for c in found.clusters)
+        assert {frozenset(m.id for m in c.members) - {"copy-of-000"}
+                for c in found.clusters} == truth
+        copies = client.duplicates()
+        assert [sorted(m.id for m in c.members) for c in copies.clusters] == \
+            [["copy-of-000", "face-000"]]
+        labelled = client.label_cluster(found.clusters[0], "Ann")
+        assert sorted(labelled.ids) == sorted(m.id for m in found.clusters[0].members)
+        assert labelled.references == len(labelled.ids) and labelled.skipped == []
+        assert [i.label for i in client.identities().identities] == ["Ann"]
+        with pytest.raises(ApiNotFoundError):
+            client.label_cluster("c0123456789ab", "Bob")
+
+
 def test_an_empty_index_is_404_with_one_line(base_settings, stack):
     settings = unique_settings(base_settings, stack, None)
     VectorIndex.for_model(connect(settings.redis.url), settings.redis.index, card(), "noquant")

@@ -72,7 +72,9 @@ def test_model_card_prints_text_and_json(exported, capsys):
         assert needle in text, needle
     code, text, _ = run(capsys, "model-card", out, "--json")
     card = json.loads(text)
+    runtime = card.pop("runtime")  # where this process would run it: not part of the card
     assert code == 0 and card == result["card"]
+    assert runtime["provider"] == "CPUExecutionProvider" and runtime["warnings"] == []
 
 
 def test_embed_writes_vectors_and_names_the_images_it_could_not_read(exported, shapes_data,

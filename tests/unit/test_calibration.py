@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from tests.index_data import balanced_classes
 from training.trust import fit_calibration, measure_trust, recognition_curve, reliability
 from twinstream.calibration import (
     Calibration,
@@ -21,13 +22,7 @@ from twinstream.preprocess import Preprocessing
 
 
 def clustered(classes=30, per_class=12, dim=16, spread=0.45, seed=0):
-    """Unit vectors around random class centres: a stand-in for a trained encoder's output."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, dim))
-    labels = np.repeat(np.arange(classes), per_class)
-    points = centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True)
-    points = points + rng.normal(scale=spread / np.sqrt(dim), size=points.shape)
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32), labels
+    return balanced_classes(classes, per_class, dim, spread, seed)
 
 
 def card(**fields) -> ModelCard:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.index_data import balanced_classes
 from training.metrics import few_shot_episodes
 from training.openset import (
     OpenSetEpisodes,
@@ -15,12 +16,7 @@ from twinstream.errors import InputError
 
 
 def clustered(classes=24, per_class=6, dim=12, spread=0.6, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, dim))
-    labels = np.repeat(np.arange(classes), per_class)
-    points = centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True)
-    points = points + rng.normal(scale=spread / np.sqrt(dim), size=points.shape)
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32), labels
+    return balanced_classes(classes, per_class, dim, spread, seed)
 
 
 def test_rates_match_a_count_by_hand():

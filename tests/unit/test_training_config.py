@@ -104,3 +104,15 @@ def test_exit_codes_come_from_the_error_classes():
         for code in (errors.InternalError.exit_code, errors.Interrupted.exit_code,
                      errors.ServiceUnavailable.exit_code):
             assert f", {code})" not in text and f" {code}\n" not in text, path
+
+
+@pytest.mark.parametrize("argv", [["train", "--data", "x", "--arch", "nope"], ["nosuch"],
+                                  ["index"], ["query", "--k", "many"]])
+def test_a_command_line_the_parser_refuses_is_one_line_and_exit_2(argv, capsys):
+    from twinstream.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == errors.InputError.exit_code
+    assert err.count("\n") == 1 and "error:" in err and "--help" in err, err

@@ -17,7 +17,7 @@ from typing import Any
 
 from twinstream import __version__
 from twinstream.cli.output import Output
-from twinstream.errors import InternalError, Interrupted, TwinstreamError
+from twinstream.errors import InputError, InternalError, Interrupted, TwinstreamError
 from twinstream.settings import Settings, flag_specs, load_settings
 
 COMMAND_MODULES = (
@@ -31,6 +31,15 @@ COMMAND_MODULES = (
 )
 
 Handler = Callable[[argparse.Namespace, Settings, Output], "int | None"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: the usage is what ``--help`` is for. Sub-command
+    parsers are of the same class (``add_subparsers`` uses the parent's)."""
+
+    def error(self, message: str):
+        self.exit(InputError.exit_code,
+                  f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -73,7 +82,7 @@ def add_group(subparsers: Any, name: str, help: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="twinstream",
         description="Streaming content-based image retrieval with twin (Siamese) encoders.")
     parser.add_argument("--version", action="version", version=f"twinstream {__version__}")

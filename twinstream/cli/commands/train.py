@@ -28,6 +28,8 @@ def _shown(f: dataclasses.Field) -> str:
     default = f.default if f.default is not dataclasses.MISSING else None
     if default is None:
         return "the loss's own"
+    if default == "":
+        return "none"
     if meta.get("scale", 1.0) != 1.0:
         default = default / meta["scale"]
     if isinstance(default, float):
