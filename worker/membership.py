@@ -99,7 +99,9 @@ def keep_finished_joins(consumer: KafkaConsumer) -> None:
     """Make ``consumer`` take the result of a join that finished between two polls (see
     :class:`_FinishedJoin`)."""
     coordinator = consumer._coordinator
-    join_group_async = coordinator.join_group_async
+    join_group_async = getattr(coordinator, "join_group_async", None)
+    if join_group_async is None or not hasattr(coordinator, "_join_task"):
+        return  # another kafka-python: its join loop is not the one this mends
 
     async def join_keeping_finished(timeout_ms=None):
         task = coordinator._join_task
