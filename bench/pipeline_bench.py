@@ -65,7 +65,9 @@ def log(message: str) -> None:
 
 # --- inputs ------------------------------------------------------------------------------------
 
-def train_small_model(workdir: Path, seconds: float) -> Path:
+def train_small_model(workdir: Path, seconds: float, seed: int = 0) -> Path:
+    """The ``small`` encoder trained on coloured shapes; another ``seed`` gives other weights,
+    hence another model version (the version is the content hash of the weights)."""
     from export.onnx_export import export_onnx
     from training.shapes import generate_shapes
     from training.train import TrainConfig, train
@@ -73,7 +75,7 @@ def train_small_model(workdir: Path, seconds: float) -> Path:
     data = workdir / "shapes"
     generate_shapes(data, per_class=60, seed=1)
     result = train(TrainConfig(data=str(data), out=str(workdir / "run"), arch="small",
-                               epochs=3, time_budget_s=seconds, seed=0), log=lambda _m: None)
+                               epochs=3, time_budget_s=seconds, seed=seed), log=lambda _m: None)
     out = workdir / "small.onnx"
     samples = sorted(data.rglob("*.png"))[:32]
     export_onnx(result.checkpoint, out, [p.read_bytes() for p in samples])
