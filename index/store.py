@@ -15,6 +15,7 @@ Scores are cosine similarities in [-1, 1] (Redis reports (1 + cos) / 2; ``index/
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from twinstream.errors import (
     ServiceUnavailable,
     TwinstreamError,
 )
-from twinstream.fields import check_attributes, check_id, quote
+from twinstream.fields import check_id, checked_attributes_json, quote
 from twinstream.modelcard import ModelCard
 from twinstream.settings import QUANTIZATIONS, RedisSettings
 
@@ -231,9 +232,12 @@ class VectorIndex:
         if v.shape[0] != self.info.dim:
             raise IndexMismatchError(
                 f"vector has dimension {v.shape[0]}, index {self.info.name!r} has {self.info.dim}")
-        if not np.all(np.isfinite(v)):
+        # One pass for both checks (a NaN or infinity makes the largest magnitude one too):
+        # this runs for every element written.
+        largest = float(np.abs(v).max(initial=0.0))
+        if not math.isfinite(largest):
             raise InputError("vector contains NaN or infinity")
-        if not np.any(v):
+        if largest == 0.0:
             raise InputError("vector is all zeros: its cosine similarity is undefined")
         return v
 
@@ -241,16 +245,14 @@ class VectorIndex:
         return check_id(image_id)
 
     def _attributes_json(self, image_id: str, attributes: dict[str, Any] | None) -> str:
-        attributes = check_attributes(attributes or {})
+        attributes, text = checked_attributes_json(attributes or {})
         version = attributes.get("model_version")
         if version is not None and version != self.info.version:
             raise IndexMismatchError(
                 f"{quote(image_id)} was embedded by model {quote(version)}, index "
                 f"{self.info.name!r} version {self.info.version} holds another model's "
                 "embeddings")
-        # Raw UTF-8, not \\u escapes: Redis filters compare the decoded text byte by byte.
-        # check_attributes guarantees this cannot fail (finite numbers, valid Unicode).
-        return json.dumps(attributes, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        return text
 
     def upsert_command(self, image_id: str, vector: np.ndarray,
                        attributes: dict[str, Any] | None) -> tuple:

@@ -22,6 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from twinstream.errors import ImageDecodeError
 from twinstream.fields import printable
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the camera was held
+
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -157,7 +159,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except Exception as exc:  # MemoryError included: a hostile file must not end the worker
         raise ImageDecodeError(f"truncated or corrupt {kind} data: {_short(exc)}") from exc
     try:
-        img = ImageOps.exif_transpose(img)
+        # exif_transpose copies the image even when there is nothing to turn: ask first.
+        if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img)
     except Exception:
         pass  # a damaged EXIF block is no reason to lose the picture: keep it as stored
     try:
@@ -202,7 +206,9 @@ def image_to_array(img: Image.Image, spec: Preprocessing) -> np.ndarray:
         canvas = Image.new("RGB", img.size, spec.background)
         canvas.paste(img, mask=img.getchannel("A"))
         img = canvas
-    img = img.convert("L" if spec.channels == 1 else "RGB")
+    mode = "L" if spec.channels == 1 else "RGB"
+    if img.mode != mode:  # convert copies even when the mode is already right
+        img = img.convert(mode)
     resample = INTERPOLATIONS[spec.interpolation]
     if spec.fit == "pad":
         fill = spec.background[0] if spec.channels == 1 else spec.background

@@ -24,22 +24,25 @@ class Embedder:
             # One input the model chokes on must not sink its neighbours: find it alone.
             self._one_by_one(items)
             return
-        for item, vector in zip(items, vectors, strict=True):
-            self._assign(item, vector)
+        self._assign_all(items, vectors)
 
     def _one_by_one(self, items: list[Item]) -> None:
         for item in items:
             try:
-                (vector,) = self.encoder.embed_arrays(item.array[None])
+                vectors = self.encoder.embed_arrays(item.array[None])
             except Exception as exc:
                 item.fail("embed", f"onnxruntime failed: {str(exc).splitlines()[0][:200]}")
                 continue
-            self._assign(item, vector)
+            self._assign_all([item], vectors)
 
     @staticmethod
-    def _assign(item: Item, vector: np.ndarray) -> None:
-        if not np.all(np.isfinite(vector)) or not np.any(vector):
-            item.fail("embed", "the model gave a NaN, infinite or all-zero embedding")
-            return
-        item.vector = vector
-        item.array = None  # the pixels are not needed any more; keeps in-flight memory small
+    def _assign_all(items: list[Item], vectors: np.ndarray) -> None:
+        # One check for the whole batch: per row, numpy's call overhead would cost more than
+        # the check itself.
+        usable = np.isfinite(vectors).all(axis=1) & vectors.any(axis=1)
+        for item, vector, ok in zip(items, vectors, usable.tolist(), strict=True):
+            if not ok:
+                item.fail("embed", "the model gave a NaN, infinite or all-zero embedding")
+                continue
+            item.vector = vector
+            item.array = None  # the pixels are not needed any more; keeps in-flight memory small

@@ -55,3 +55,25 @@ def test_200_images_end_up_indexed_and_find_themselves(model_settings, tmp_path)
         if hits[0].id != image_id:
             misses.append((path.name, [(h.id[:6], h.score) for h in hits], image_id[:6]))
     assert not misses, (len(misses), misses[:5])
+
+
+@pytest.mark.parametrize("thumbnails", [True, False])
+def test_thumbnails_are_kept_only_when_the_worker_is_asked_to(model_settings, thumbnails):
+    """``TWINSTREAM_WORKER_THUMBNAILS=false`` spares the worker the JPEG and Redis the bytes,
+    and changes nothing else: every image is still indexed."""
+    from tests.integration.worker_support import (ThreadWorker, count, fast, good_image,
+                                                  image_record, index_of, publish, wait_until)
+
+    s = fast(model_settings, thumbnails=thumbnails)
+    records = [image_record(good_image(i, size=24)) for i in range(20)]
+    publish(s, records)
+    with ThreadWorker(s):
+        wait_until(lambda: count(s) == 20, 60, "20 images indexed")
+    index = index_of(s)
+    ids = [key.decode() for key, _, _ in records]
+    assert all(index.exists(i) for i in ids)
+    stored = [index.thumbnail(i) for i in ids]
+    if thumbnails:
+        assert all(jpeg and jpeg.startswith(b"\xff\xd8") for jpeg in stored)
+    else:
+        assert stored == [None] * 20
