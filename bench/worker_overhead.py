@@ -61,6 +61,9 @@ from twinstream.thumbnails import make_thumbnail  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "worker_overhead.json"
 WORKER_CORE, SERVICE_CORE = 0, 1
 SAMPLE_EVERY_S = 0.2
+# Set in a worker child's environment: leave glibc's allocator as it is (the A/B of
+# worker/allocator.py).
+DEFAULT_ALLOCATOR = "BENCH_DEFAULT_ALLOCATOR"
 
 # Worker threads by name prefix -> the part of the work they do (see worker/consumer.py).
 THREAD_PARTS = (
@@ -68,12 +71,15 @@ THREAD_PARTS = (
     ("kafka-io", "Kafka consumer network thread"),
     ("step-decode", "decode"),
     ("decode", "decode"),
-    ("step-embed", "embed (onnxruntime and around it)"),
+    ("step-embed", "embed step (onnxruntime, stacking the batch)"),
     ("step-write", "write to Redis and dead letters"),
     ("step-durable", "durability step"),
     ("twinstream-dlq", "dead-letter producer thread"),
     ("heartbeat", "heartbeat"),
 )
+
+
+EMBED_PART = "embed step (onnxruntime, stacking the batch)"
 
 
 def log(message: str) -> None:
@@ -128,7 +134,11 @@ def worker_child(out: str) -> None:
     from worker.logs import configure
 
     pin_self(WORKER_CORE)
-    settings = load_settings(os.environ)
+    if os.environ.get(DEFAULT_ALLOCATOR):
+        import worker.consumer
+
+        worker.consumer.keep_freed_memory = lambda: False
+    settings = load_settings({k: v for k, v in os.environ.items() if k != DEFAULT_ALLOCATOR})
     configure(settings.worker.log_format, "bench", quiet=True)
     worker = Worker(settings, "bench-overhead")
     worker.install_signal_handlers((signal.SIGTERM, signal.SIGINT))
@@ -171,13 +181,15 @@ def steady_window(samples: list[dict], n: int) -> tuple[dict, dict]:
     return first, last
 
 
-def end_to_end(settings, images: list[bytes], workdir: Path, tag: str) -> dict:
+def end_to_end(settings, images: list[bytes], workdir: Path, tag: str,
+               extra_env: dict[str, str]) -> dict:
     """Records already in the topic; one pinned worker; rate and CPU per record, steady state."""
     n = len(images)
     publish(settings, images)
     out = workdir / f"samples-{tag}.jsonl"
     out.unlink(missing_ok=True)
-    proc = run_child(["--worker-child", str(out)], env=child_env(settings, os.environ))
+    proc = run_child(["--worker-child", str(out)],
+                     env=child_env(settings, os.environ) | extra_env)
     deadline = time.monotonic() + 60 + n / 10
     samples: list[dict] = []
     try:
@@ -251,8 +263,29 @@ def resnet_model(workdir: Path, size: int) -> Path:
 
 # --- the run -----------------------------------------------------------------------------------
 
+# What each variant changes from the defaults (``worker``: worker settings; ``durable``: a Redis
+# with AOF and TWINSTREAM_REDIS_DURABILITY=local; ``child_env``: the worker process's environment).
+VARIANTS: dict[str, dict] = {
+    "demo": {"label": "demo (small 64 px), defaults (thumbnails on)",
+             "describe": {"thumbnails": True, "durability": "none"}},
+    "demo-no-thumbnails": {"label": "demo, thumbnails off", "worker": {"thumbnails": False},
+                           "describe": {"thumbnails": False, "durability": "none"}},
+    "demo-one-decode-thread": {"label": "demo, 1 decode thread", "worker": {"decode_threads": 1},
+                               "describe": {"thumbnails": True, "decode_threads": 1}},
+    "demo-default-allocator": {"label": "demo, glibc allocator defaults",
+                               "child_env": {DEFAULT_ALLOCATOR: "1"},
+                               "describe": {"thumbnails": True, "allocator": "glibc defaults"}},
+    "demo-durable": {"label": "demo, durability local (WAITAOF, appendfsync everysec)",
+                     "durable": True, "describe": {"thumbnails": True, "durability": "local"}},
+    "resnet18": {"label": "ResNet-18 {size} px, defaults (thumbnails on)", "resnet": True,
+                 "describe": {"thumbnails": True, "durability": "none"}},
+    "resnet18-no-thumbnails": {"label": "ResNet-18 {size} px, thumbnails off", "resnet": True,
+                               "worker": {"thumbnails": False},
+                               "describe": {"thumbnails": False, "durability": "none"}},
+}
+
 def measure(label: str, model: Path, images: list[bytes], base, workdir: Path, args,
-            variant: dict, services: dict) -> dict:
+            variant: dict) -> dict:
     """raw, end to end, raw again: one row of the table."""
     slug = "".join(c if c.isalnum() else "-" for c in label.lower())
     s = replace(base, model=replace(base.model, path=str(model), threads=1),
@@ -264,22 +297,29 @@ def measure(label: str, model: Path, images: list[bytes], base, workdir: Path, a
     before = raw(model, args.batch, args.raw_seconds, workdir)
     log(f"{label}: end to end, {len(images):,} records, worker on core {WORKER_CORE}, "
         f"services on core {SERVICE_CORE}")
-    e2e = end_to_end(s, images, workdir, slug)
+    e2e = end_to_end(s, images, workdir, slug, variant.get("child_env", {}))
     log(f"{label}: raw onnxruntime again")
     after = raw(model, args.batch, args.raw_seconds, workdir)
     raw_rate = statistics.fmean([before["images_per_s"], after["images_per_s"]])
     raw_cpu_us = 1e6 * statistics.fmean([before["cpu_s_per_image"], after["cpu_s_per_image"]])
     threads = e2e["threads_us_per_record"]
-    embed = "embed (onnxruntime and around it)"
-    beyond = {part: us for part, us in threads.items() if part != embed}
-    beyond["embed step beyond onnxruntime"] = round(threads.get(embed, 0.0) - raw_cpu_us, 1)
+    # Inference as the worker itself ran it, in the same seconds as everything else: the embed
+    # thread (onnxruntime runs its one intra-op thread in the caller; plus np.stack of the batch,
+    # a few µs per image). So the split below does not depend on the machine's speed drifting
+    # between the raw runs and this one; the raw runs give the issue's efficiency and how much
+    # slower onnxruntime runs beside the worker's other threads than alone.
+    inference_us = threads.get(EMBED_PART, 0.0)
+    beyond = {part: us for part, us in threads.items() if part != EMBED_PART}
     row = {"label": label, **variant.get("describe", {}),
            "raw_images_per_s": round(raw_rate, 1),
            "raw_runs": [round(before["images_per_s"], 1), round(after["images_per_s"], 1)],
            "raw_cpu_us_per_image": round(raw_cpu_us, 1),
            **e2e,
            "efficiency": round(e2e["images_per_s"] / raw_rate, 3),
-           "overhead_us_per_record": round(e2e["cpu_us_per_record"] - raw_cpu_us, 1),
+           "inference_us_per_record": round(inference_us, 1),
+           "inference_share": round(inference_us / e2e["cpu_us_per_record"], 3),
+           "inference_vs_raw": round(inference_us / raw_cpu_us, 3),
+           "overhead_us_per_record": round(e2e["cpu_us_per_record"] - inference_us, 1),
            "overhead_by_part_us": dict(sorted(beyond.items(), key=lambda kv: -kv[1])),
            "estimated": False}
     log(f"{label}: {row['images_per_s']:.0f} images/s end to end against "
@@ -288,14 +328,35 @@ def measure(label: str, model: Path, images: list[bytes], base, workdir: Path, a
     return row
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Per variant, the median of its runs."""
+    out: dict[str, dict] = {}
+    for key in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r for r in rows if r["variant"] == key]
+        out[key] = {field: round(statistics.median(r[field] for r in runs), 3)
+                    for field in ("efficiency", "overhead_us_per_record", "inference_share",
+                                  "inference_vs_raw", "images_per_s", "raw_images_per_s")
+                    } | {"runs": len(runs)}
+    return out
+
+
 def table(report: dict) -> str:
     lines = ["| encoder, variant | raw images/s (core 0, 1 thread) | end to end images/s | "
-             "efficiency | CPU µs/record beyond inference | largest parts (µs/record) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "efficiency | onnxruntime share of the worker's CPU | onnxruntime in the worker "
+             "/ alone | CPU µs/record beyond inference | largest parts (µs/record) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
         parts = ", ".join(f"{p} {us:.0f}" for p, us in list(r["overhead_by_part_us"].items())[:4])
         lines.append(f"| {r['label']} | {r['raw_images_per_s']:.0f} | {r['images_per_s']:.0f} | "
-                     f"{r['efficiency']:.3f} | {r['overhead_us_per_record']:.0f} | {parts} |")
+                     f"{r['efficiency']:.3f} | {r['inference_share']:.3f} | "
+                     f"{r['inference_vs_raw']:.2f} | {r['overhead_us_per_record']:.0f} | "
+                     f"{parts} |")
+    lines += ["", "| variant (median of its runs) | efficiency | onnxruntime share | "
+              "CPU µs/record beyond inference |", "| --- | --- | --- | --- |"]
+    for key, summary in report["summary"].items():
+        lines.append(f"| {key} | {summary['efficiency']:.3f} | "
+                     f"{summary['inference_share']:.3f} | "
+                     f"{summary['overhead_us_per_record']:.0f} |")
     d = report["decode_parts_us"]
     lines.append("")
     lines.append("Decode step, one image at a time (µs per image): "
@@ -312,10 +373,14 @@ def main() -> int:
     parser.add_argument("--train-seconds", type=float, default=30)
     parser.add_argument("--images", type=int, default=12_000, help="records per demo run")
     parser.add_argument("--resnet-images", type=int, default=1_500,
-                        help="records for the ResNet-18 run (0: skip it)")
+                        help="records for the ResNet-18 runs")
     parser.add_argument("--resnet-size", type=int, default=112)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--raw-seconds", type=float, default=6)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"which to run, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of each variant, interleaved (the table shows each)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
@@ -324,6 +389,12 @@ def main() -> int:
         return 2
     pin_self(SERVICE_CORE)  # this script and the services it starts (they inherit it)
 
+    chosen = args.variants.split(",")
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        print(f"error: unknown variants {unknown}; choose from {', '.join(VARIANTS)}",
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="worker-overhead-") as tmp:
         workdir = Path(tmp)
         if args.model:
@@ -332,43 +403,37 @@ def main() -> int:
             log(f"training the demo encoder (small, 64 px) for {args.train_seconds:.0f} s")
             model = train_small_model(workdir, args.train_seconds)
         images = make_images(args.images, seed=7)
+        r18 = None
+        if any(VARIANTS[v].get("resnet") for v in chosen):
+            log(f"building a ResNet-18 encoder at {args.resnet_size} px")
+            r18 = resnet_model(workdir, args.resnet_size)
         rows = []
         with LocalStack(workdir=workdir / "stack") as stack:
             base = with_services(load_settings({}), stack)
-            services = {"redis": stack.redis.pid, "broker": stack.broker.pid}
-            rows.append(measure("demo, thumbnails on", model, images, base, workdir, args,
-                                {"describe": {"thumbnails": True, "durability": "none"}},
-                                services))
-            rows.append(measure("demo, thumbnails off", model, images, base, workdir, args,
-                                {"worker": {"thumbnails": False},
-                                 "describe": {"thumbnails": False, "durability": "none"}},
-                                services))
             aof = redis_process(workdir / "aof", appendonly=True,
                                 extra_args=["--appendfsync", "everysec"]).start()
             try:
-                rows.append(measure(
-                    "demo, durability local", model, images, base, workdir, args,
-                    {"redis": {"url": f"redis://127.0.0.1:{aof.port}/0", "durability": "local"},
-                     "describe": {"thumbnails": True, "durability": "local (WAITAOF, "
-                                  "appendfsync everysec)"}}, services))
+                for repeat in range(args.repeats):  # variants interleaved: drift hits them all
+                    for key in chosen:
+                        variant = dict(VARIANTS[key])
+                        if variant.get("durable"):
+                            variant["redis"] = {"url": f"redis://127.0.0.1:{aof.port}/0",
+                                                "durability": "local"}
+                        resnet = variant.get("resnet")
+                        label = variant["label"].format(size=args.resnet_size)
+                        rows.append(measure(
+                            f"{label} #{repeat + 1}", r18 if resnet else model,
+                            images[:args.resnet_images] if resnet else images, base, workdir,
+                            args, variant) | {"variant": key, "repeat": repeat + 1})
             finally:
                 aof.stop()
-            if args.resnet_images:
-                log(f"building a ResNet-18 encoder at {args.resnet_size} px")
-                r18 = resnet_model(workdir, args.resnet_size)
-                r18_images = images[:args.resnet_images]
-                for thumbs in (True, False):
-                    rows.append(measure(
-                        f"ResNet-18 {args.resnet_size} px, thumbnails {'on' if thumbs else 'off'}",
-                        r18, r18_images, base, workdir, args,
-                        {"worker": {"thumbnails": thumbs},
-                         "describe": {"thumbnails": thumbs, "durability": "none"}}, services))
         decode = decode_parts(model, images[:2000])
     card = Encoder(model, threads=1).card
     report = {
         "model": {"arch": card.architecture.get("arch", "?"),
                   "input": list(card.preprocessing.shape), "dim": card.embedding_dim},
-        "batch": args.batch, "rows": rows, "decode_parts_us": decode,
+        "batch": args.batch, "rows": rows, "summary": summarise(rows),
+        "decode_parts_us": decode,
         "targets": {"overhead_us_per_record": 150, "efficiency_demo": 0.85,
                     "efficiency_resnet18_112": 0.95},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

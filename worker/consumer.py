@@ -37,6 +37,7 @@ from twinstream.modelcard import ModelCard
 from twinstream.preprocess import set_pixel_limit
 from twinstream.runtime import Encoder
 from twinstream.settings import Settings
+from worker.allocator import keep_freed_memory
 from worker.batch import Batch, Item
 from worker.decoder import Decoder
 from worker.dlq import DeadLetterSender
@@ -142,6 +143,7 @@ class Worker:
         self.superseded_by: str | None = None
         self.started_at = time.time()
         set_pixel_limit(cfg.max_image_pixels)
+        keep_freed_memory()
 
         self.encoder = Encoder.from_settings(settings)
         self.index = open_index(connect(settings.redis.url), settings, self.encoder.card,
