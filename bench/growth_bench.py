@@ -304,6 +304,49 @@ def models(args, workdir: Path) -> tuple[Path, Path]:
     return a, b
 
 
+def reindex_only(args) -> int:
+    """The re-index of ``args.reindex_only`` records on a fresh stack, written into the existing
+    results' row of that size. The live version beside it is empty here (in the full run it
+    holds the gallery): the re-index writes into a version of its own either way, so the time
+    is the same work; the row says it was measured apart."""
+    n = args.reindex_only
+    out = Path(args.out)
+    result = json.loads(out.read_text())
+    row = next((r for r in result["rows"] if r["n"] == n), None)
+    if row is None:
+        print(f"error: {out} has no row for {n:,}; run the sizes first", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="growth-reindex-") as tmp:
+        workdir = Path(tmp)
+        args.reindex_sizes = str(n)
+        model_a, model_b = models(args, workdir)
+        card, version_b = Encoder(model_a, threads=1).card, Encoder(model_b, threads=1).card.version
+        with LocalStack(workdir=workdir / "stack") as stack:
+            s = with_services(load_settings({}), stack)
+            s = replace(s, model=replace(s.model, path=str(model_a)),
+                        kafka=replace(s.kafka, topic=LIVE_TOPIC, group="growth"),
+                        redis=replace(s.redis, index=INDEX))
+            client = connect(stack.redis_url)
+            baseline = int(client.info("memory")["used_memory"])
+            VectorIndex.for_settings(client, s.redis, card)  # version A live, empty
+            load_start = load_average()
+            log(f"re-index of {n:,} records (a run of its own)")
+            reindex = reindex_time(s, model_b, version_b, n, Corpus(s),
+                                   args.reindex_processes, baseline, workdir)
+    row["reindex"] = reindex | {"separate_run": True, "live_version_vectors": 0,
+                                "load_average_start": load_start,
+                                "load_average_end": load_average()}
+    row.pop("reason", None)
+    result["reindex_only_command"] = shlex.join(
+        ["nice", "-n", "5", ".venv/bin/python", "bench/growth_bench.py", *sys.argv[1:]])
+    result["slopes"] = slopes(result["rows"])
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"re-index of {n:,}: {reindex['seconds']:.1f} s ({reindex['records_per_s']:.0f} "
+        f"records/s); written into {out}")
+    print(table(result))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -329,7 +372,13 @@ def main() -> int:
                         help="re-index worker processes; 0 = one per CPU core")
     parser.add_argument("--out", default=str(RESULTS),
                         help="results JSON, written after every size")
+    parser.add_argument("--reindex-only", type=int, metavar="N",
+                        help="measure only the re-index of N records, in a run of its own, "
+                             "into --out's existing row for N (for the largest size, where "
+                             "growing the gallery and re-indexing in one run takes an hour)")
     args = parser.parse_args()
+    if args.reindex_only:
+        return reindex_only(args)
     sizes, reindex_sizes = parse_sizes(args.sizes), parse_sizes(args.reindex_sizes)
     if not sizes or sizes[0] < 1:
         parser.error("--sizes needs positive sizes")

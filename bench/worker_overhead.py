@@ -328,6 +328,13 @@ def measure(label: str, model: Path, images: list[bytes], base, workdir: Path, a
     return row
 
 
+def save_progress(out: str, rows: list[dict]) -> None:
+    """The rows so far (a run stopped part way keeps them); the full report replaces it."""
+    if rows:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"partial": True, "rows": rows}, indent=2) + "\n")
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per variant, the median of its runs."""
     out: dict[str, dict] = {}
@@ -421,6 +428,7 @@ def main() -> int:
                                                 "durability": "local"}
                         resnet = variant.get("resnet")
                         label = variant["label"].format(size=args.resnet_size)
+                        save_progress(args.out, rows)
                         rows.append(measure(
                             f"{label} #{repeat + 1}", r18 if resnet else model,
                             images[:args.resnet_images] if resnet else images, base, workdir,
@@ -428,7 +436,7 @@ def main() -> int:
             finally:
                 aof.stop()
         decode = decode_parts(model, images[:2000])
-    card = Encoder(model, threads=1).card
+        card = Encoder(model, threads=1).card
     report = {
         "model": {"arch": card.architecture.get("arch", "?"),
                   "input": list(card.preprocessing.shape), "dim": card.embedding_dim},
