@@ -45,6 +45,7 @@ from index.service import SearchResult, SearchService
 from index.store import Hit
 from twinstream.errors import InputError
 from twinstream.fields import parse_attributes
+from twinstream.thumbnails import media_type
 
 MAX_INGEST_FILES = 64
 
@@ -199,12 +200,17 @@ def _search_response(request: Request, result: SearchResult, k: int, filt: str |
 # The thumbnail route comes first: ids may contain "/", so "{item_id:path}" would swallow it.
 
 @router.get("/items/{item_id:path}/thumbnail", responses={
-    200: {"content": {"image/jpeg": {}}, "description": "a JPEG of at most 128x128"},
+    200: {"content": {"image/jpeg": {}, "image/png": {}},
+          "description": "a JPEG of at most 128x128, or the image itself when it was a small "
+                         "PNG or JPEG already"},
     **_errors(404, 503)}, response_class=Response, tags=["items"])
 async def get_thumbnail(request: Request, item_id: str) -> Response:
-    """The small JPEG kept for an item at ingest time."""
-    jpeg = await blocking(service(request).thumbnail, item_id)
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+    """The small picture kept for an item at ingest time."""
+    picture = await blocking(service(request).thumbnail, item_id)
+    # nosniff: the bytes may be a producer's own small PNG or JPEG; a browser must never read
+    # them as anything but the image type they are served as.
+    return Response(picture, media_type=media_type(picture),
+                    headers={"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"})
 
 
 @router.get("/items/{item_id:path}", response_model=ItemResponse,

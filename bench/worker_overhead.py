@@ -61,9 +61,6 @@ from twinstream.thumbnails import make_thumbnail  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "worker_overhead.json"
 WORKER_CORE, SERVICE_CORE = 0, 1
 SAMPLE_EVERY_S = 0.2
-# Set in a worker child's environment: leave glibc's allocator as it is (the A/B of
-# worker/allocator.py).
-DEFAULT_ALLOCATOR = "BENCH_DEFAULT_ALLOCATOR"
 
 # Worker threads by name prefix -> the part of the work they do (see worker/consumer.py).
 THREAD_PARTS = (
@@ -134,11 +131,7 @@ def worker_child(out: str) -> None:
     from worker.logs import configure
 
     pin_self(WORKER_CORE)
-    if os.environ.get(DEFAULT_ALLOCATOR):
-        import worker.consumer
-
-        worker.consumer.keep_freed_memory = lambda: False
-    settings = load_settings({k: v for k, v in os.environ.items() if k != DEFAULT_ALLOCATOR})
+    settings = load_settings(os.environ)
     configure(settings.worker.log_format, "bench", quiet=True)
     worker = Worker(settings, "bench-overhead")
     worker.install_signal_handlers((signal.SIGTERM, signal.SIGINT))
@@ -272,9 +265,6 @@ VARIANTS: dict[str, dict] = {
                            "describe": {"thumbnails": False, "durability": "none"}},
     "demo-one-decode-thread": {"label": "demo, 1 decode thread", "worker": {"decode_threads": 1},
                                "describe": {"thumbnails": True, "decode_threads": 1}},
-    "demo-default-allocator": {"label": "demo, glibc allocator defaults",
-                               "child_env": {DEFAULT_ALLOCATOR: "1"},
-                               "describe": {"thumbnails": True, "allocator": "glibc defaults"}},
     "demo-durable": {"label": "demo, durability local (WAITAOF, appendfsync everysec)",
                      "durable": True, "describe": {"thumbnails": True, "durability": "local"}},
     "resnet18": {"label": "ResNet-18 {size} px, defaults (thumbnails on)", "resnet": True,

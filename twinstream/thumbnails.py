@@ -1,4 +1,9 @@
-"""Small JPEG thumbnails kept per indexed item, so result pages show images wherever they live."""
+"""Small thumbnails kept per indexed item, so result pages show images wherever they live.
+
+A thumbnail is a JPEG of at most ``THUMBNAIL_SIDE`` pixels a side, or, for an image that is
+already that small and a few KB as a PNG or JPEG, the image's own bytes: encoding costs a worker
+about as much CPU as decoding does, and a 64 px PNG is often smaller than its JPEG.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,26 @@ from PIL import Image
 
 THUMBNAIL_SIDE = 128
 THUMBNAIL_QUALITY = 80
+# Largest original kept as its own thumbnail (a 128 px JPEG thumbnail is 2-5 KB).
+KEEP_ORIGINAL_MAX_BYTES = 8192
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def thumbnail_for(data: bytes, img: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    """The thumbnail of an image given as its encoded ``data`` and its decoded ``img``: the
+    bytes themselves when they are a small still PNG or JPEG that fits ``side`` (browsers show
+    both as they are), else ``make_thumbnail(img)``."""
+    if (len(data) <= KEEP_ORIGINAL_MAX_BYTES and img.width <= side and img.height <= side
+            and (data.startswith(JPEG_SIGNATURE)
+                 or (data.startswith(PNG_SIGNATURE) and b"acTL" not in data))):  # not an APNG
+        return data
+    return make_thumbnail(img, side)
+
+
+def media_type(thumbnail: bytes) -> str:
+    """The Content-Type a thumbnail is served with."""
+    return "image/png" if thumbnail.startswith(PNG_SIGNATURE) else "image/jpeg"
 
 
 def make_thumbnail(img: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:

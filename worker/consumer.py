@@ -37,7 +37,6 @@ from twinstream.modelcard import ModelCard
 from twinstream.preprocess import set_pixel_limit
 from twinstream.runtime import Encoder
 from twinstream.settings import Settings
-from worker.allocator import keep_freed_memory
 from worker.batch import Batch, Item
 from worker.decoder import Decoder
 from worker.dlq import DeadLetterSender
@@ -119,6 +118,11 @@ def preflight(settings: Settings, reindex: bool = False) -> ModelCard:
     return encoder.card
 
 
+# Longest the reader waits for a batch to finish when the pipeline is full (see _loop). Well
+# within every bound that needs the loop's attention: stall and shutdown timeouts, the poll
+# interval that keeps group membership.
+FULL_PIPELINE_WAIT_S = 0.5
+
 # A pool child started again after this many crashes in a row reports a crash loop until it has
 # run as long as the pool (worker.pool) waits before it forgets the crashes.
 CRASH_LOOP_CRASHES = 2
@@ -143,7 +147,6 @@ class Worker:
         self.superseded_by: str | None = None
         self.started_at = time.time()
         set_pixel_limit(cfg.max_image_pixels)
-        keep_freed_memory()
 
         self.encoder = Encoder.from_settings(settings)
         self.index = open_index(connect(settings.redis.url), settings, self.encoder.card,
@@ -238,7 +241,10 @@ class Worker:
             if records:
                 self._submit(records)
             elif not room:
-                self._collect(timeout_s=0.1)  # wait for the pipeline rather than spin
+                # Wait for the pipeline rather than spin: a finished batch ends the wait at
+                # once, so a longer bound only saves the idle rounds (each one polls Kafka and
+                # wakes its IO thread) while a slow encoder or a Redis outage holds every batch.
+                self._collect(timeout_s=FULL_PIPELINE_WAIT_S)
             elif (idle_exit_s is not None and reader.last_record is not None
                   and not reader.has_pending and self.pipeline.in_flight == 0
                   and time.monotonic() - reader.last_record > idle_exit_s):

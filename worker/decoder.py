@@ -16,7 +16,7 @@ from twinstream.errors import ImageDecodeError
 from twinstream.messages import ImageMessage, MessageError
 from twinstream.preprocess import Preprocessing, decode_image, image_to_array
 from twinstream.settings import WorkerSettings
-from twinstream.thumbnails import make_thumbnail
+from twinstream.thumbnails import thumbnail_for
 from worker.batch import Batch, Item
 from worker.fetch import Fetcher, FetchError
 
@@ -80,7 +80,7 @@ class Decoder:
             img = decode_image(data, self.max_pixels)
             item.array = image_to_array(img, self.spec)
             if self.thumbnails:
-                item.thumbnail = make_thumbnail(img)
+                item.thumbnail = thumbnail_for(data, img)
         except ImageDecodeError as exc:
             item.fail("decode", exc.message)
         except Exception as exc:  # hostile input must never take the worker down
