@@ -304,6 +304,14 @@ def models(args, workdir: Path) -> tuple[Path, Path]:
     return a, b
 
 
+def live_settings(stack: LocalStack, model: Path) -> Settings:
+    """Settings of the live worker: the stack's services, the live model, topic and index."""
+    s = with_services(load_settings({}), stack)
+    return replace(s, model=replace(s.model, path=str(model)),
+                   kafka=replace(s.kafka, topic=LIVE_TOPIC, group="growth"),
+                   redis=replace(s.redis, index=INDEX))
+
+
 def reindex_only(args) -> int:
     """The re-index of ``args.reindex_only`` records on a fresh stack, written into the existing
     results' row of that size. The live version beside it is empty here (in the full run it
@@ -322,10 +330,7 @@ def reindex_only(args) -> int:
         model_a, model_b = models(args, workdir)
         card, version_b = Encoder(model_a, threads=1).card, Encoder(model_b, threads=1).card.version
         with LocalStack(workdir=workdir / "stack") as stack:
-            s = with_services(load_settings({}), stack)
-            s = replace(s, model=replace(s.model, path=str(model_a)),
-                        kafka=replace(s.kafka, topic=LIVE_TOPIC, group="growth"),
-                        redis=replace(s.redis, index=INDEX))
+            s = live_settings(stack, model_a)
             client = connect(stack.redis_url)
             baseline = int(client.info("memory")["used_memory"])
             VectorIndex.for_settings(client, s.redis, card)  # version A live, empty
@@ -421,10 +426,7 @@ def main() -> int:
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
         with LocalStack(workdir=workdir / "stack") as stack:
-            s = with_services(load_settings({}), stack)
-            s = replace(s, model=replace(s.model, path=str(model_a)),
-                        kafka=replace(s.kafka, topic=LIVE_TOPIC, group="growth"),
-                        redis=replace(s.redis, index=INDEX))
+            s = live_settings(stack, model_a)
             client = connect(stack.redis_url)
             result["machine"]["redis"] = client.info("server")["redis_version"]
             baseline = int(client.info("memory")["used_memory"])
