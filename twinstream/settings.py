@@ -126,9 +126,10 @@ class WorkerSettings:
         "confirmation takes up to a second, and these keep the worker writing meanwhile "
         "(measured: 3 batches in all gave 0.28x the throughput of no waiting, 12 gave 1.02x).")
     thumbnails: bool = setting(
-        True, "Keep a small JPEG thumbnail per indexed image, so that result pages show it "
-        "wherever the original lives; false saves the worker the JPEG encoding and Redis the "
-        "few KB per item (result pages then show those items without a picture).")
+        True, "Keep a thumbnail per indexed image (a JPEG of at most 128 px, or the image itself "
+        "when it is a small PNG or JPEG), so that result pages show it wherever the original "
+        "lives; false saves the worker the encoding and Redis the bytes (result pages then "
+        "show those items without a picture).")
     max_image_pixels: int = setting(
         40_000_000, "Largest image (width x height) a worker decodes; larger ones are dead "
         "letters, which guards against decompression bombs (also Pillow's own limit).")
