@@ -418,11 +418,11 @@ def main() -> int:
                                                 "durability": "local"}
                         resnet = variant.get("resnet")
                         label = variant["label"].format(size=args.resnet_size)
-                        save_progress(args.out, rows)
                         rows.append(measure(
                             f"{label} #{repeat + 1}", r18 if resnet else model,
                             images[:args.resnet_images] if resnet else images, base, workdir,
                             args, variant) | {"variant": key, "repeat": repeat + 1})
+                        save_progress(args.out, rows)
             finally:
                 aof.stop()
         decode = decode_parts(model, images[:2000])
